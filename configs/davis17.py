@@ -1,0 +1,20 @@
+"""DAVIS 2017 (SPEC §6): fine-tuned from a YTVIS19 run, no merging, lr 1e-4, 40K iterations.
+
+Convert first: python tools/convert_davis.py --root RAW --out DATA_DIR
+then: python -m solv_jax.main --config=configs/davis17.py --config.data.data_dir=DATA_DIR \
+      --config.train.init_from=YTVIS_WORKDIR --config.model.encoder_weights=... --workdir=W
+"""
+from configs import base
+
+
+def get_config(arg=None):
+  config = base.get_config(arg)
+  config.data.name = config.data.tfds_name = "davis17"
+  config.data.train_split = "train"
+  config.data.eval_split = "val"
+  if "merge=" not in (arg or "") and "model=" not in (arg or ""):
+    config.model.merge = False
+  config.train.learning_rate = 1e-4
+  config.train.num_steps = 40_000
+  config.train.num_epochs = 300
+  return config

@@ -1,0 +1,20 @@
+"""Kubric MOVi-E (SPEC §6): 336x336, K = 18, merging, 60 epochs ~ 300K iterations.
+
+Reads Kubric's TFDS release directly (default gs://kubric-public/tfds; pass a local mirror
+with --config.data.data_dir=...).
+"""
+from configs import base
+
+
+def get_config(arg=None):
+  config = base.get_config(arg)
+  config.data.name = "movi_e"
+  config.data.tfds_name = "movi_e/256x256"
+  config.data.data_dir = "gs://kubric-public/tfds"
+  config.data.resolution = (336, 336)
+  config.data.train_split = "train"
+  config.data.eval_split = "validation"
+  if "slots=" not in (arg or ""):
+    config.model.num_slots = 18
+  config.train.num_epochs = 60
+  return config

@@ -1,0 +1,15 @@
+"""YouTube-VIS 2019 (SPEC §6): 336x504, K = 8, merging, 180 epochs ~ 300K iterations.
+
+Convert the raw dataset first: python tools/convert_ytvis.py --root RAW --out DATA_DIR
+then: python -m solv_jax.main --config=configs/ytvis19.py --config.data.data_dir=DATA_DIR \
+      --config.model.encoder_weights=dinov2_vitb14.npz --workdir=WORKDIR
+"""
+from configs import base
+
+
+def get_config(arg=None):
+  config = base.get_config(arg)
+  config.data.name = config.data.tfds_name = "ytvis19"
+  config.data.train_split = "train+valid+test"
+  config.data.eval_split = "train"
+  return config

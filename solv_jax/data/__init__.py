@@ -1,0 +1,11 @@
+"""Input pipelines (SPEC §6-§8).
+
+  pipeline.py    preprocess_frames, make_train_iterator, eval_videos, get_dataset
+  sources.py     config.data -> TFDS builder + video index (one reading path)
+  movi.py        MOVi-E from Kubric's TFDS release (gs://kubric-public/tfds)
+  convert.py     YTVIS19 / DAVIS17 raw layouts -> TFDS records (tools/convert_*.py)
+  synthetic.py   the embedded procedural dataset, built on first use
+  records.py     the TFDS record format shared by convert.py and synthetic.py
+
+Modules import tensorflow lazily where they can; importing this package does not.
+"""

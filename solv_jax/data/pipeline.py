@@ -1,0 +1,494 @@
+"""Input pipelines: training clips and evaluation videos (SPEC §6, §7).
+
+Training. A sample is one frame t of a video with its window t-n ... t+n of
+consecutive stored frames (F = 2n+1, target in the middle); frames beyond the
+video's ends are zeros with frame_mask False. An epoch visits every (video, t)
+of the training splits once. Batches are numpy dicts
+    'video':      (B, F, H, W, 3) float32, ImageNet-normalised
+    'frame_mask': (B, F) bool
+with B the per-host batch (global batch / process_count).
+
+Order and resume. The order of clips is a pure function of (dataset, seed,
+shuffle_buffer): for epoch e the read units (TFRecord shards) are permuted with
+the seed (seed, e) and grouped into blocks of at least `shuffle_buffer` clips,
+and the clips of block b are permuted with the seed (seed, e, b). Global batch s
+is clips [s*B, (s+1)*B) of that stream, and host p takes its contiguous slice of
+each global batch, so the global batches do not depend on the number of hosts.
+The iterator's whole state is the number of batches consumed: `get_state()`
+returns it with a fingerprint of what defines the order (a JSON-able dict the
+trainer stores in its checkpoint), `set_state(state)` restarts the stream at
+that batch, reproducing exactly the batches an uninterrupted run would have
+produced; `save(path)`/`restore(path)` do the same through a JSON file. Each host streams, in
+block order, the TFRecord shards holding its clips (one tf.data pipeline that
+reads ahead and parses only `video`, frames left encoded), keeps one block of
+encoded videos in memory, and decodes only the frames of its clips.
+
+Evaluation. `eval_videos` yields whole videos at native resolution (after the
+converters' border crop) with int32 ground truth, -1 = void (stored id 255), in
+dataset order. YTVIS19: videos [600:900] of train.json ('authors', SPEC §7;
+they overlap the training videos) or the same videos with training restricted
+to the other videos ('disjoint'). DAVIS17: the 30 `val` videos.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import json
+import os
+import weakref
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from solv_jax.data import sources
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+YTVIS_EVAL_RANGE = (600, 900)  # videos of train.json used by the authors
+
+
+# ----------------------------------------------------------------------------
+# The one resize + normalisation
+
+
+def preprocess_frames(frames, resolution: Sequence[int]):
+  """uint8 (..., H0, W0, 3) -> float32 (..., H, W, 3), ImageNet-normalised.
+
+  Bilinear resize to exactly `resolution` (aspect not kept), antialiased when
+  shrinking like PIL's bilinear resize used by the authors' torchvision
+  pipeline; identity when the size already matches. Numpy in, numpy out; a
+  tf.Tensor in gives a tf.Tensor (this is how the training pipeline calls it).
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  as_numpy = not isinstance(frames, tf.Tensor)
+  x = tf.convert_to_tensor(frames)
+  if x.dtype != tf.uint8:
+    raise TypeError(f"preprocess_frames expects uint8 frames, got {x.dtype.name}.")
+  if x.shape.rank is None or x.shape.rank < 3 or x.shape[-1] != 3:
+    raise ValueError(f"Expected frames of shape (..., H, W, 3), got {x.shape}.")
+  height, width = (int(r) for r in resolution)
+  rank = x.shape.rank
+  if rank > 4:  # tf.image.resize takes (H, W, C) or (N, H, W, C)
+    lead = tf.shape(x)[:-3]
+    x = tf.reshape(x, tf.concat([[-1], tf.shape(x)[-3:]], 0))  # (N, H0, W0, 3)
+  x = tf.image.resize(tf.cast(x, tf.float32), (height, width),
+                      method="bilinear", antialias=True)
+  x = (x / 255.0 - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
+  if rank > 4:
+    x = tf.reshape(x, tf.concat([lead, [height, width, 3]], 0))
+  return x.numpy() if as_numpy else x
+
+
+# ----------------------------------------------------------------------------
+# Clip order
+
+
+@dataclasses.dataclass
+class _Block:
+  start: int              # global stream position of its first clip
+  clips: np.ndarray       # (M, 2) int64 rows (video gid, t), in stream order
+  chunks: list[int]       # read units (indices into ClipOrder.chunks)
+
+
+class ClipOrder:
+  """The deterministic infinite stream of training clips (see module doc)."""
+
+  def __init__(self, chunks: Sequence[tuple[str, int, int]],
+               chunk_clips: Sequence[np.ndarray], seed: int, block_clips: int):
+    self.chunks = list(chunks)
+    self.chunk_clips = [np.asarray(c, np.int64).reshape(-1, 2) for c in chunk_clips]
+    self.seed = int(seed)
+    self.block_clips = max(1, int(block_clips))
+    self.clips_per_epoch = int(sum(len(c) for c in self.chunk_clips))
+    if self.clips_per_epoch == 0:
+      raise ValueError("The training splits contain no frames.")
+    self._cache = (None, None)
+
+  def epoch_blocks(self, epoch: int) -> list[_Block]:
+    if self._cache[0] == epoch:
+      return self._cache[1]
+    rng = np.random.default_rng([self.seed, epoch])
+    groups, current, count = [], [], 0
+    for c in rng.permutation(len(self.chunks)):
+      if not len(self.chunk_clips[c]):
+        continue
+      current.append(int(c))
+      count += len(self.chunk_clips[c])
+      if count >= self.block_clips:
+        groups.append(current)
+        current, count = [], 0
+    if current:
+      groups.append(current)
+    blocks, start = [], epoch * self.clips_per_epoch
+    for b, group in enumerate(groups):
+      clips = np.concatenate([self.chunk_clips[c] for c in group])
+      clips = clips[np.random.default_rng([self.seed, epoch, b]).permutation(len(clips))]
+      blocks.append(_Block(start, clips, group))
+      start += len(clips)
+    self._cache = (epoch, blocks)
+    return blocks
+
+  def blocks_from(self, position: int) -> Iterator[_Block]:
+    """Blocks from the one holding stream `position` onwards, forever."""
+    epoch = position // self.clips_per_epoch
+    while True:
+      for block in self.epoch_blocks(epoch):
+        if block.start + len(block.clips) > position:
+          yield block
+      epoch += 1
+
+  def clips_at(self, start: int, stop: int) -> np.ndarray:
+    """Clips at stream positions [start, stop) (for tests and inspection)."""
+    out = []
+    for block in self.blocks_from(start):
+      lo, hi = max(start - block.start, 0), min(stop - block.start, len(block.clips))
+      out.append(block.clips[lo:hi])
+      if block.start + len(block.clips) >= stop:
+        break
+    return np.concatenate(out)
+
+
+# ----------------------------------------------------------------------------
+# Training iterator
+
+
+def _split_list(spec: str) -> list[str]:
+  return [s for s in str(spec).split("+") if s]
+
+
+def _excluded_videos(data_config, source, split) -> set[int]:
+  """Training videos held out so that evaluation is disjoint from training."""
+  if source.name == "ytvis19" and split == "train" and sources.config_value(
+      data_config, "ytvis_eval_subset", "authors") == "disjoint":
+    lo, hi = _ytvis_eval_range(source.num_videos("train"))
+    return set(range(lo, hi))
+  return set()
+
+
+_LIVE_ITERATORS = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_iterators():
+  # Finalise tf.data generators while Python is still up (avoids TF warnings).
+  for it in list(_LIVE_ITERATORS):
+    it.close()
+
+
+class TrainIterator:
+  """Infinite iterator of training batches; resumable with save/restore."""
+
+  def __init__(self, source: sources.VideoSource, *, splits: Sequence[str],
+               resolution: Sequence[int], num_context: int, batch_size: int,
+               seed: int, shuffle_buffer: int = 2048,
+               exclude: dict[str, set[int]] | None = None,
+               process_index: int = 0, process_count: int = 1,
+               prefetch: int = 2):
+    self._it = None
+    if num_context < 0:
+      raise ValueError(f"num_context must be >= 0, got {num_context}.")
+    if batch_size < 1 or batch_size % process_count:
+      raise ValueError(f"The global batch size {batch_size} must be a positive "
+                       f"multiple of the number of hosts ({process_count}).")
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process_index {process_index} not in [0, {process_count}).")
+    self.source = source
+    self.resolution = tuple(int(r) for r in resolution)
+    self.num_frames = 2 * num_context + 1
+    self.num_context = num_context
+    self.batch_size = batch_size
+    self.local_batch = batch_size // process_count
+    self.process_index = process_index
+    self.process_count = process_count
+    self.prefetch = prefetch
+    exclude = exclude or {}
+
+    chunks, chunk_clips, self._offsets, longest = [], [], {}, 0
+    self._chunk_gids, self._chunk_files = [], []  # per chunk: gid range, files
+    for split in splits:
+      lengths = source.lengths(split)
+      self._offsets[split] = sum(len(source.lengths(s)) for s in self._offsets)
+      longest = max(longest, int(lengths.max(initial=0)))
+      for a, b in source.chunks(split):
+        rows = [np.stack([np.full(lengths[v], self._offsets[split] + v),
+                          np.arange(lengths[v])], 1)
+                for v in range(a, b) if v not in exclude.get(split, ())]
+        chunks.append((split, a, b))
+        chunk_clips.append(np.concatenate(rows) if rows else np.zeros((0, 2)))
+        self._chunk_gids.append((self._offsets[split] + a, self._offsets[split] + b))
+        self._chunk_files.append(source.chunk_files(split, a, b))
+    if self.num_frames > longest:
+      raise ValueError(
+          f"The clip window has F = 2*{num_context}+1 = {self.num_frames} frames "
+          f"but the longest training video of {source.name} {list(splits)} has "
+          f"{longest}; lower config.data.num_context.")
+    self.order = ClipOrder(chunks, chunk_clips, seed, shuffle_buffer)
+    mean_length = self.order.clips_per_epoch / max(
+        1, sum(len(source.lengths(s)) for s in splits))
+    self._videos_ahead = int(np.clip(shuffle_buffer / mean_length, 8, 256))
+    self._fingerprint = dict(
+        dataset=source.name, splits=list(splits),
+        seed=int(seed), batch_size=batch_size, shuffle_buffer=int(shuffle_buffer),
+        clips_per_epoch=self.order.clips_per_epoch,
+        excluded={k: sorted(v) for k, v in exclude.items()})
+    self._step = 0
+    _LIVE_ITERATORS.add(self)
+
+  # -- state ------------------------------------------------------------------
+
+  @property
+  def step(self) -> int:
+    """Number of batches consumed (= index of the next global batch)."""
+    return self._step
+
+  @property
+  def steps_per_epoch(self) -> float:
+    return self.order.clips_per_epoch / self.batch_size
+
+  def get_state(self) -> dict:
+    """JSON-able state: the step plus a fingerprint of the data order."""
+    return dict(step=self._step, fingerprint=self._fingerprint)
+
+  def set_state(self, state: dict):
+    """Continues from a state returned by get_state (same data order)."""
+    if state.get("fingerprint") != json.loads(json.dumps(self._fingerprint)):
+      raise ValueError(
+          "The saved data state was made for another data order:\n"
+          f"  saved:   {state.get('fingerprint')}\n  current: {self._fingerprint}")
+    self.close()
+    self._step = int(state["step"])
+
+  def save(self, path: str):
+    """Writes the iterator state (JSON) to `path`."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(self.get_state(), f)
+    os.replace(tmp, path)
+
+  def restore(self, path: str):
+    """Continues from the state saved at `path`."""
+    with open(path) as f:
+      self.set_state(json.load(f))
+
+  # -- iteration --------------------------------------------------------------
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self._it is None:  # (re)start the streams at the current step
+      self._it = self._build(self._step)
+    batch = next(self._it)
+    self._step += 1
+    return batch
+
+  def close(self):
+    self._it = None  # finalises both tf.data streams and their generators
+
+  def __del__(self):
+    self.close()
+
+  def _build(self, step: int):
+    """The numpy iterator of batches from global batch `step` on."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    # Stream 1: the records this host needs, in block order, read in sequence.
+    parse = self.source.encoded_video_parser()
+    records = tf.data.Dataset.from_generator(
+        lambda: self._record_files(step),
+        output_signature=(tf.TensorSpec((), tf.string), tf.TensorSpec((), tf.int64),
+                          tf.TensorSpec((), tf.int64)))
+    records = records.interleave(
+        lambda f, skip, take: tf.data.TFRecordDataset(f).skip(skip).take(take),
+        cycle_length=1)  # sequential: records arrive in block order
+    records = records.map(parse).prefetch(self._videos_ahead)
+    # Stream 2: clips cut from those videos, decoded and batched in parallel.
+    F = self.num_frames
+    clips = tf.data.Dataset.from_generator(
+        lambda: self._clips(step, records.as_numpy_iterator()),
+        output_signature=(tf.TensorSpec((F,), tf.string), tf.TensorSpec((F,), tf.bool)))
+    clips = clips.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE,
+                      deterministic=True)
+    clips = clips.batch(self.local_batch, drop_remainder=True)
+    clips = clips.map(lambda v, m: {"video": v, "frame_mask": m})
+    return clips.prefetch(self.prefetch).as_numpy_iterator()
+
+  def _decode(self, encoded, mask):
+    """(F,) encoded frames + mask -> (F, H, W, 3) float32, zeros where masked."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    H, W = self.resolution
+    frames = []
+    for i in range(self.num_frames):
+      frames.append(tf.cond(
+          mask[i],
+          lambda i=i: preprocess_frames(tf.io.decode_image(
+              encoded[i], channels=3, expand_animations=False), (H, W)),
+          lambda: tf.zeros((H, W, 3), tf.float32)))
+    return tf.stack(frames), mask
+
+  def _plans(self, step: int) -> Iterator[tuple[np.ndarray, list[int]]]:
+    """Per block from global batch `step` on: (this host's clips, chunks to read)."""
+    B, b, p = self.batch_size, self.local_batch, self.process_index
+    position = step * B
+    for block in self.order.blocks_from(position):
+      pos = block.start + np.arange(len(block.clips))
+      clips = block.clips[(pos >= position) & ((pos % B) // b == p)]
+      wanted = set(clips[:, 0].tolist())
+      chunks = [c for c in block.chunks
+                if any(g in wanted for g in range(*self._chunk_gids[c]))]
+      yield clips, chunks
+
+  def _record_files(self, step: int) -> Iterator[tuple[str, int, int]]:
+    for _, chunks in self._plans(step):
+      for c in chunks:
+        yield from self._chunk_files[c]
+
+  def _clips(self, step: int, records) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """This host's clips from global batch `step` on: (F,) bytes, (F,) bool."""
+    n, F = self.num_context, self.num_frames
+    for clips, chunks in self._plans(step):
+      videos = {}
+      for c in chunks:
+        for gid in range(*self._chunk_gids[c]):
+          videos[gid] = next(records)
+      for gid, t in clips:
+        frames = videos[gid]
+        idx = t - n + np.arange(F)
+        valid = (idx >= 0) & (idx < len(frames))
+        yield (np.array([frames[i] if ok else b"" for i, ok in zip(idx, valid)],
+                        dtype=object), valid)
+
+
+def data_config_of(config):
+  """config.data of a full config, or the argument itself if it is config.data."""
+  if "name" not in config and "data" in config:
+    return config.data
+  return config
+
+
+def make_train_iterator(config, local_batch_size: int,
+                        process_index: int | None = None,
+                        process_count: int | None = None, *,
+                        seed: int | None = None) -> TrainIterator:
+  """Training batches of `local_batch_size` clips for this host.
+
+  Args:
+    config: the full config (config.data and config.seed are used) or config.data.
+    local_batch_size: clips per host and step; the global batch is
+      local_batch_size * process_count.
+    process_index, process_count: default jax.process_index()/process_count().
+    seed: data-order seed; defaults to config.seed (0 if config is config.data).
+  """
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    process_index, process_count = jax.process_index(), jax.process_count()
+  data_config = data_config_of(config)
+  if seed is None:
+    seed = config.get("seed", 0) if data_config is not config else 0
+  source = sources.open_source(data_config)
+  splits = _split_list(sources.config_value(data_config, "train_split"))
+  for split in splits:
+    source.check_split(split)
+  exclude = {s: _excluded_videos(data_config, source, s) for s in splits}
+  return TrainIterator(
+      source, splits=splits,
+      resolution=sources.config_value(data_config, "resolution"),
+      num_context=int(sources.config_value(data_config, "num_context", 2)),
+      batch_size=local_batch_size * process_count, seed=int(seed),
+      shuffle_buffer=int(sources.config_value(data_config, "shuffle_buffer", 2048)),
+      exclude={s: v for s, v in exclude.items() if v},
+      process_index=process_index, process_count=process_count)
+
+
+# ----------------------------------------------------------------------------
+# Evaluation videos
+
+
+def _ytvis_eval_range(num_videos: int) -> tuple[int, int]:
+  lo, hi = YTVIS_EVAL_RANGE
+  if num_videos <= lo:
+    raise ValueError(
+        f"The YTVIS19 evaluation subset is videos [{lo}:{hi}] of train.json, but "
+        f"the converted train split has only {num_videos} videos.")
+  return lo, min(hi, num_videos)
+
+
+def eval_split_spec(data_config, source: sources.VideoSource,
+                    split: str | None = None) -> str:
+  """TFDS split string of the evaluation videos, e.g. 'train[600:900]'."""
+  split = split or sources.config_value(data_config, "eval_split")
+  source.check_split(split)
+  subset = sources.config_value(data_config, "ytvis_eval_subset", "authors")
+  if source.name == "ytvis19" and split == "train":
+    if subset not in ("authors", "disjoint"):
+      raise ValueError(f"ytvis_eval_subset must be 'authors' or 'disjoint', "
+                       f"got {subset!r}.")
+    lo, hi = _ytvis_eval_range(source.num_videos("train"))
+    return f"train[{lo}:{hi}]"
+  return split
+
+
+def ground_truth(segmentations: np.ndarray, first_frame_objects: bool) -> np.ndarray:
+  """Stored uint8 ids (T, H, W[, 1]) -> int32 (T, H, W), 255 -> -1 (void).
+
+  With first_frame_objects, ids absent from frame 0 become background (SPEC §7).
+  """
+  ids = np.asarray(segmentations)
+  if ids.ndim == 4:
+    ids = ids[..., 0]
+  ids = ids.astype(np.int32)
+  ids[ids == 255] = -1
+  if first_frame_objects and len(ids):
+    keep = np.setdiff1d(np.unique(ids[0]), [0, -1])
+    ids[(ids > 0) & ~np.isin(ids, keep)] = 0
+  return ids
+
+
+def eval_videos(config, *, split: str | None = None,
+                max_videos: int | None = None) -> Iterator[dict]:
+  """Whole evaluation videos, one dict at a time (contract's eval format).
+
+  config: the full config or config.data. split defaults to eval_split,
+  max_videos to eval_max_videos (0 = all).
+  """
+  data_config = data_config_of(config)
+  source = sources.open_source(data_config)
+  spec = eval_split_spec(data_config, source, split)
+  if max_videos is None:
+    max_videos = sources.config_value(data_config, "eval_max_videos", None)
+  ds = source.read_eval_videos(spec)
+  if max_videos and max_videos > 0:
+    ds = ds.take(int(max_videos))
+  for ex in ds.as_numpy_iterator():
+    meta = ex["metadata"]
+    out = {
+        "video": ex["video"],
+        "segmentations": ground_truth(ex["segmentations"],
+                                      source.first_frame_objects),
+        "has_annotations": bool(ex.get("has_annotations", True)),
+        "video_name": meta["video_name"].decode(),
+    }
+    if "num_instances" in meta:
+      out["num_instances"] = int(meta["num_instances"])
+    yield out
+
+
+def num_eval_videos(config, *, split: str | None = None) -> int:
+  """How many videos eval_videos yields (before eval_max_videos)."""
+  data_config = data_config_of(config)
+  source = sources.open_source(data_config)
+  spec = eval_split_spec(data_config, source, split)
+  if "[" in spec:
+    lo, hi = spec[spec.index("[") + 1:-1].split(":")
+    return int(hi) - int(lo)
+  return source.num_videos(spec)
+
+
+def get_dataset(config, mode: str = "train", **kwargs):
+  """'train' -> make_train_iterator(config, **kwargs); 'eval' -> eval_videos."""
+  if mode == "train":
+    return make_train_iterator(config, **kwargs)
+  if mode == "eval":
+    return eval_videos(config, **kwargs)
+  raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}.")

@@ -1,0 +1,208 @@
+"""TFDS video records written by this project (converters and synthetic data).
+
+Every dataset we write has the MOVi-E feature names (SPEC §8), so one input
+pipeline reads Kubric's MOVi-E and our own records alike:
+
+    video            Video, (T, H, W, 3) uint8, frames encoded one by one
+    segmentations    Sequence(Image (H, W, 1) uint8): 0 background, 1..K objects,
+                     255 void (DAVIS); all zeros where has_annotations is False
+    metadata/        video_name, num_frames, height, width, num_instances,
+                     crop = (top, bottom, left, right) border rows/cols removed
+    has_annotations  bool
+
+Records are TFRecord (the format of Kubric's release), written in the order the
+examples are produced (no TFDS shuffling), so index i of a split is the i-th video
+of the source listing. Next to TFDS's own files, `solv_index.json` holds the
+per-video frame counts (read by the training sampler without touching the
+records) and marks the dataset as complete; a directory without it is partial and
+is rebuilt.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import itertools
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent import futures
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+from tensorflow_datasets.core import utils as tfds_utils
+from tensorflow_datasets.core.dataset_builders import adhoc_builder
+from PIL import Image
+from tqdm import tqdm
+
+INDEX_FILE = "solv_index.json"
+VOID_ID = 255  # stored id of void pixels ("ignore" in DAVIS); the loader maps it to -1
+_SHARD_BYTES = 64 << 20  # shards are the sampler's read unit: keep them small
+
+
+def video_features(num_frames=None, height=None, width=None, encoding="jpeg"):
+  """Feature spec of our records; fixed sizes where every video shares them."""
+  return tfds.features.FeaturesDict({
+      "video": tfds.features.Video(
+          shape=(num_frames, height, width, 3), encoding_format=encoding),
+      "segmentations": tfds.features.Sequence(
+          tfds.features.Image(shape=(height, width, 1), dtype=np.uint8),
+          length=num_frames),
+      "metadata": {
+          "video_name": tfds.features.Text(),
+          "num_frames": np.int32,
+          "height": np.int32,
+          "width": np.int32,
+          "num_instances": np.uint16,
+          "crop": tfds.features.Tensor(shape=(4,), dtype=np.int32),
+      },
+      "has_annotations": np.bool_,
+  })
+
+
+def encode_png(array: np.ndarray) -> bytes:
+  """PNG bytes of a uint8 (H, W) or (H, W, 3) array (fast, lossless)."""
+  buf = io.BytesIO()
+  Image.fromarray(np.ascontiguousarray(array, np.uint8)).save(
+      buf, format="PNG", compress_level=1)
+  return buf.getvalue()
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(np.ascontiguousarray(rgb, np.uint8)).save(
+      buf, format="JPEG", quality=quality)
+  return buf.getvalue()
+
+
+class _Builder(adhoc_builder.AdhocBuilder, skip_registration=True):
+  """AdhocBuilder that does not look for its own source file.
+
+  TFDS resolves `code_path` through `importlib_resources`, which is not part of
+  our environment; a builder without downloads does not need it.
+  """
+
+  @tfds_utils.classproperty
+  @classmethod
+  def code_path(cls):
+    return None
+
+
+def ordered_map(fn: Callable, items: Iterable, workers: int,
+                lookahead: int | None = None) -> Iterator:
+  """`map(fn, items)` on a thread pool, in order, with bounded lookahead."""
+  workers = max(1, workers)
+  lookahead = lookahead or 2 * workers
+  items = iter(items)
+  with futures.ThreadPoolExecutor(workers) as pool:
+    pending = collections.deque(
+        pool.submit(fn, x) for x in itertools.islice(items, lookahead))
+    while pending:
+      result = pending.popleft().result()
+      for x in itertools.islice(items, 1):
+        pending.append(pool.submit(fn, x))
+      yield result
+
+
+def dataset_dir(data_dir, name, version, config=None) -> str:
+  parts = [os.fspath(data_dir), name] + ([config] if config else []) + [version]
+  return os.path.join(*parts)
+
+
+def read_index(path) -> dict | None:
+  """The completion index of a dataset directory, or None when absent/partial."""
+  index_path = os.path.join(path, INDEX_FILE)
+  if not (os.path.exists(index_path)
+          and os.path.exists(os.path.join(path, "dataset_info.json"))):
+    return None
+  with open(index_path) as f:
+    return json.load(f)
+
+
+def is_complete(path, fingerprint: Mapping[str, Any]) -> bool:
+  index = read_index(path)
+  return index is not None and index.get("fingerprint") == json.loads(
+      json.dumps(dict(fingerprint)))
+
+
+def _remove_partial(data_dir, name, config, path):
+  if os.path.exists(path):
+    shutil.rmtree(path)
+  parent = os.path.dirname(path)
+  if os.path.isdir(parent):  # TFDS's interrupted "incomplete.*" work directories
+    for entry in os.listdir(parent):
+      if entry.startswith("incomplete."):
+        shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+
+
+def write_dataset(
+    *,
+    name: str,
+    data_dir,
+    features: tfds.features.FeaturesDict,
+    splits: Mapping[str, tuple[int, Callable[[], Iterable[dict]]]],
+    fingerprint: Mapping[str, Any],
+    version: str = "1.0.0",
+    config: str | None = None,
+    description: str = "",
+    overwrite: bool = False,
+) -> str:
+  """Writes `splits` as a TFDS dataset; a no-op when a complete copy exists.
+
+  Args:
+    name: dataset name (directory under data_dir).
+    data_dir: TFDS data directory.
+    features: the feature spec (usually `video_features(...)`).
+    splits: split name -> (number of videos, callable returning an iterable of
+      examples in the order they must be stored).
+    fingerprint: JSON-able description of what is written (source, options);
+      an existing dataset with another fingerprint is rebuilt.
+    version, config: TFDS version and optional config name.
+    description: free text stored in dataset_info.json.
+    overwrite: rebuild even when a complete copy exists.
+
+  Returns:
+    The dataset directory (data_dir/name[/config]/version).
+  """
+  path = dataset_dir(data_dir, name, version, config)
+  if not overwrite and is_complete(path, fingerprint):
+    return path
+  _remove_partial(data_dir, name, config, path)
+  os.makedirs(data_dir, exist_ok=True)
+
+  index = {"fingerprint": json.loads(json.dumps(dict(fingerprint))), "splits": {}}
+
+  def tracked(split, total, make_examples) -> Iterator[tuple[str, dict]]:
+    entries = {"video_name": [], "num_frames": [], "has_annotations": []}
+    index["splits"][split] = entries
+    with tqdm(total=total, desc=f"{name}/{split}", unit="video") as bar:
+      for i, example in enumerate(make_examples()):
+        meta = example["metadata"]
+        entries["video_name"].append(str(meta["video_name"]))
+        entries["num_frames"].append(int(meta["num_frames"]))
+        entries["has_annotations"].append(bool(example["has_annotations"]))
+        bar.update(1)
+        yield f"{i:08d}", example
+
+  split_iters = {s: tracked(s, n, make) for s, (n, make) in splits.items()}
+  tfds.disable_progress_bar()  # ours above counts videos; TFDS's would nest
+  builder = _Builder(
+      name=name, version=version, config=config, features=features,
+      split_datasets=split_iters, data_dir=os.fspath(data_dir),
+      description=description, disable_shuffling=True)
+  with tempfile.TemporaryDirectory() as tmp:
+    builder.download_and_prepare(
+        file_format="tfrecord",
+        download_dir=tmp,
+        download_config=tfds.download.DownloadConfig(
+            min_shard_size=min(_SHARD_BYTES, 8 << 20),
+            max_shard_size=_SHARD_BYTES))
+  # The index is written last: its presence marks the dataset as complete.
+  tmp_index = os.path.join(path, INDEX_FILE + ".tmp")
+  with open(tmp_index, "w") as f:
+    json.dump(index, f)
+  os.replace(tmp_index, os.path.join(path, INDEX_FILE))
+  return path

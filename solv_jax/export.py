@@ -1,0 +1,91 @@
+"""Checkpoint export to flat numpy arrays, and the loaders that read exports and workdirs.
+
+An export is one .npz: trainable params as 'params/<a>/<b>/...' keys, the frozen DINOv2 params
+as 'encoder/...' (so the file alone can segment a video) and the run's config as JSON in
+'__config__'. `load_export` round-trips it to (config, params).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+import numpy as np
+from flax import traverse_util
+
+
+def _flat(tree, prefix):
+  return {f"{prefix}/" + "/".join(k): np.asarray(v)
+          for k, v in traverse_util.flatten_dict(tree).items()}
+
+
+def save_export(path: str, config, params: dict, encoder: dict | None = None) -> None:
+  arrays = _flat(params, "params")
+  if encoder is not None:
+    arrays.update(_flat(encoder, "encoder"))
+  arrays["__config__"] = np.array(config.to_json() if hasattr(config, "to_json")
+                                  else json.dumps(config))
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+
+
+def load_export(path: str):
+  """-> (config ConfigDict, trainable params, encoder params or None)."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"Export file not found: {path!r} (create it with "
+                            "python tools/export_numpy.py --workdir W --out model.npz).")
+  with np.load(path, allow_pickle=False) as f:
+    config = ml_collections.ConfigDict(json.loads(str(f["__config__"])))
+    groups: dict[str, dict] = {"params": {}, "encoder": {}}
+    for key in f.files:
+      if key == "__config__":
+        continue
+      group, _, rest = key.partition("/")
+      groups[group][tuple(rest.split("/"))] = f[key]
+  unflat = lambda d: traverse_util.unflatten_dict(d) if d else None  # noqa: E731
+  return config, unflat(groups["params"]), unflat(groups["encoder"])
+
+
+def restore_workdir(workdir: str, step: int | None = None):
+  """-> (step, trainable params as numpy) from the newest (or given) checkpoint of a workdir."""
+  import orbax.checkpoint as ocp
+  from solv_jax import checkpoints
+
+  ckpt = checkpoints.Checkpoints(workdir, async_save=False)
+  steps = ckpt.all_steps()
+  if not steps:
+    raise FileNotFoundError(f"No checkpoint under {ckpt.directory!r}: train first, or pass the "
+                            "right --workdir.")
+  step = steps[-1] if step is None else step
+  out = ckpt.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  ckpt.close()
+  state = out["state"]
+  params = state["params"] if isinstance(state, dict) else state.params
+  return step, jax_to_numpy(params)
+
+
+def jax_to_numpy(tree):
+  import jax
+  return jax.tree_util.tree_map(np.asarray, tree)
+
+
+def load_trainable(path: str) -> dict:
+  """Trainable params from a workdir (newest checkpoint) or an export .npz."""
+  if path.endswith(".npz"):
+    return load_export(path)[1]
+  return restore_workdir(path)[1]
+
+
+def save_config(workdir: str, config) -> None:
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+
+
+def load_config(workdir: str):
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path!r} not found: is {workdir!r} a solv_jax workdir?")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))

@@ -1,0 +1,40 @@
+"""Device mesh and shardings: the batch is split over a 1-D `data` axis, params replicated.
+
+The same code runs on 1 CPU, 8 GPUs or a TPU pod slice; multi-host runs call
+`jax.distributed.initialize()` first (config.train.distributed) and each host feeds its own
+slice of the global batch.
+"""
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+
+def make_mesh(devices=None) -> Mesh:
+  # Auto axis: with_sharding_constraint / jit shardings take plain PartitionSpecs.
+  return Mesh(np.array(jax.devices() if devices is None else devices), ("data",))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P("data"))
+
+
+def check_batch_size(global_batch: int, mesh: Mesh) -> int:
+  """Per-process batch size; the global batch must split evenly over devices."""
+  n = mesh.devices.size
+  if global_batch % n:
+    raise ValueError(f"config.train.batch_size={global_batch} must be a multiple of the number "
+                     f"of devices ({n}); try --config.train.batch_size={max(n, global_batch // n * n)}.")
+  return global_batch // jax.process_count()
+
+
+def shard_batch(batch: dict, mesh: Mesh) -> dict:
+  """This process's slice of the global batch (numpy) -> global jax Arrays sharded on `data`."""
+  sharding = batch_sharding(mesh)
+  return jax.tree_util.tree_map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)

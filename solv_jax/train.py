@@ -1,0 +1,298 @@
+"""Training: one jit-compiled step over a device mesh, periodic logging, eval and checkpoints.
+
+The frozen DINOv2 params are a separate, non-donated argument of the step; the optimizer and
+the checkpoints only ever see the trainable params (STYLE.md).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from solv_jax import checkpoints, sharding
+from solv_jax.models import dinov2
+from solv_jax.models.solv import SOLV, build_model
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array              # () int32, number of updates applied
+  params: Any                  # trainable params only
+  opt_state: Any
+  num_nonfinite: jax.Array     # () int32, updates skipped for a NaN/Inf loss or gradient
+  first_nonfinite: jax.Array   # () int32, step of the first such update, -1 if none
+
+
+# ----------------------------------------------------------------------------------------------
+# Schedules (SPEC §6).
+# ----------------------------------------------------------------------------------------------
+def learning_rate_schedule(peak: float, num_steps: int, warmup_frac: float = 0.05):
+  """Linear warm-up from 1e-5*peak to peak over the first warmup_frac of the steps, then
+  exponential decay halving the rate every (T - W)/3 steps (peak/8 at the end)."""
+  warmup = max(int(round(warmup_frac * num_steps)), 1)
+  half_life = max(num_steps - warmup, 1) / 3.0
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    warm = peak * (1e-5 + (1.0 - 1e-5) * step / warmup)
+    decay = peak * jnp.exp2(-(step - warmup) / half_life)
+    return jnp.where(step < warmup, warm, decay)
+
+  return schedule
+
+
+def merge_probability(step, num_steps: int, num_epochs: int):
+  """p(epoch) = ln(epoch + 1)/ln(E): the chance a training sample is merged (SPEC §4)."""
+  if num_epochs <= 1:
+    return jnp.float32(1.0)
+  epoch = jnp.floor(jnp.asarray(step, jnp.float32) * num_epochs / num_steps)
+  return jnp.minimum(jnp.log(epoch + 1.0) / math.log(num_epochs), 1.0)
+
+
+def make_optimizer(train_config) -> optax.GradientTransformation:
+  schedule = learning_rate_schedule(train_config.learning_rate, train_config.num_steps,
+                                    train_config.warmup_frac)
+  return optax.chain(optax.clip_by_global_norm(train_config.grad_clip),
+                     optax.adam(schedule))
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameters.
+# ----------------------------------------------------------------------------------------------
+def encoder_params(config, model: SOLV) -> dict:
+  """The frozen DINOv2 params: converted weights if configured, else a seeded random init."""
+  path = config.model.encoder_weights
+  if path:
+    _, params = dinov2.load_params(path, expected_variant=config.model.encoder)
+    return jax.tree_util.tree_map(jnp.asarray, params)
+  return dinov2.init_params(model.encoder_variant, jax.random.key(config.seed + 1),
+                            image_hw=(dinov2.PATCH_SIZE, dinov2.PATCH_SIZE))
+
+
+def init_trainable(model: SOLV, rng) -> dict:
+  """Trainable params (everything but 'encoder'), initialised without running DINOv2."""
+  h, w = model.resolution
+  video = jnp.zeros((1, model.num_frames, h, w, 3), jnp.float32)
+  mask = jnp.ones((1, model.num_frames), bool)
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), rng, video, mask)
+  del shapes  # (validates the config's shapes cheaply before the real init)
+
+  def init(rng):
+    params = model.init(rng, video, mask, train=False)["params"]
+    return {k: v for k, v in params.items() if k != "encoder"}
+
+  return jax.jit(init)(rng)
+
+
+def create_train_state(config, model: SOLV, tx) -> TrainState:
+  params = init_trainable(model, jax.random.key(config.seed))
+  return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
+                    num_nonfinite=jnp.int32(0), first_nonfinite=jnp.int32(-1))
+
+
+def count_params(tree) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
+
+
+# ----------------------------------------------------------------------------------------------
+# The step.
+# ----------------------------------------------------------------------------------------------
+def make_train_step(model: SOLV, tx, config):
+  """(state, encoder_params, batch, rng) -> (state, metrics); jit it with shardings."""
+  num_steps, num_epochs = config.train.num_steps, config.train.num_epochs
+  merge_on = bool(config.model.merge)
+
+  def step_fn(state: TrainState, frozen, batch, rng):
+    rng = jax.random.fold_in(rng, state.step)
+    r_drop, r_dropout, r_merge = jax.random.split(rng, 3)
+    merge_prob = merge_probability(state.step, num_steps, num_epochs) if merge_on else 0.0
+
+    def loss_fn(params):
+      out = model.apply({"params": {**params, "encoder": frozen}}, batch["video"],
+                        batch["frame_mask"], train=True, merge_prob=merge_prob,
+                        rngs={"token_drop": r_drop, "dropout": r_dropout, "merge": r_merge})
+      return out["loss"], out
+
+    (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    # A non-finite update is never applied: params and moments stay at the last good values.
+    keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
+        lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = TrainState(
+        step=state.step + 1, params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state),
+        num_nonfinite=state.num_nonfinite + (~finite).astype(jnp.int32),
+        first_nonfinite=jnp.where((state.first_nonfinite < 0) & ~finite, state.step,
+                                  state.first_nonfinite))
+    metrics = {"loss": loss, "grad_norm": grad_norm, "merge_prob": jnp.float32(merge_prob),
+               "valid_slots": jnp.mean(jnp.sum(out["valid"], axis=-1).astype(jnp.float32))}
+    return new_state, metrics
+
+  return step_fn
+
+
+def jit_train_step(step_fn, mesh):
+  rep, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+  return jax.jit(step_fn, in_shardings=(rep, rep, data, rep), out_shardings=(rep, rep),
+                 donate_argnums=(0,))
+
+
+class NonFiniteError(FloatingPointError):
+  pass
+
+
+def check_finite(state: TrainState, config) -> None:
+  """Host-side check (at log/checkpoint points only, so the step loop never syncs)."""
+  n = int(state.num_nonfinite)
+  if n and config.train.nonfinite != "skip":
+    raise NonFiniteError(
+        f"Non-finite loss or gradient at step {int(state.first_nonfinite) + 1}: the update was "
+        f"not applied and training stopped; the last good checkpoint is kept. Lower "
+        f"--config.train.learning_rate, check the data, or set "
+        f"--config.train.nonfinite=skip to skip such updates and count them.")
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop.
+# ----------------------------------------------------------------------------------------------
+class _Preempted:
+  """SIGTERM sets a flag; the loop then writes a checkpoint and exits cleanly."""
+
+  def __init__(self):
+    self.flag = False
+    try:
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread
+      self._old = None
+
+  def _handle(self, signum, frame):
+    self.flag = True
+
+  def restore(self):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+def train(config, workdir: str, stop_at: int | None = None) -> TrainState:
+  """Trains (resuming from WORKDIR/checkpoints if any) and returns the final state.
+
+  stop_at: leave after that many steps with a checkpoint, as a preempted run would.
+  """
+  from clu import metric_writers, periodic_actions
+  from solv_jax.data import pipeline  # tensorflow is imported only when data is needed
+
+  if config.train.distributed:
+    jax.distributed.initialize()
+  os.makedirs(workdir, exist_ok=True)
+  mesh = sharding.make_mesh()
+  local_batch = sharding.check_batch_size(config.train.batch_size, mesh)
+  model = build_model(config)
+  tx = make_optimizer(config.train)
+  frozen = jax.device_put(encoder_params(config, model), sharding.replicated(mesh))
+  state = jax.device_put(create_train_state(config, model, tx), sharding.replicated(mesh))
+  logging.info("Trainable parameters: %d", count_params(state.params))
+
+  ckpt = checkpoints.Checkpoints(workdir, keep=config.train.keep_checkpoints)
+  data = pipeline.make_train_iterator(config, local_batch, jax.process_index(),
+                                      jax.process_count())
+  restored = ckpt.restore(checkpoints.abstract_like(state))
+  if restored is not None:
+    step0, state, data_state = restored
+    data.set_state(data_state)
+    print(f"Resumed from {ckpt.directory}/{step0}", flush=True)
+  elif config.train.init_from:
+    state = state.replace(params=_params_from(config.train.init_from, state.params))
+    print(f"Initialised from {config.train.init_from}", flush=True)
+
+  step_fn = jit_train_step(make_train_step(model, tx, config), mesh)
+  rng = jax.random.key(config.seed + 2)
+  writer = metric_writers.create_default_writer(
+      os.path.join(workdir, "tensorboard"), just_logging=jax.process_index() > 0)
+  total = config.train.num_steps
+  step = int(state.step)
+  progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
+  preempted = _Preempted()
+  console = _Console(total, step)
+  try:
+    while step < total:
+      batch = sharding.shard_batch(next(data), mesh)
+      state, metrics = step_fn(state, frozen, batch, rng)
+      step += 1
+      progress(step)
+      last = step == total or preempted.flag or step == stop_at
+      if step % config.train.log_every == 0 or last:
+        check_finite(state, config)
+        scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        scalars["lr"] = float(learning_rate_schedule(
+            config.train.learning_rate, total, config.train.warmup_frac)(step - 1))
+        scalars["nonfinite_updates"] = int(state.num_nonfinite)
+        writer.write_scalars(step, scalars)
+        console(step, scalars)
+        if jax.process_index() == 0:
+          with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps({"step": step, **scalars}) + "\n")
+      if step % config.train.checkpoint_every == 0 or last:
+        check_finite(state, config)
+        ckpt.save(step, state, data.get_state(), force=True)
+      if preempted.flag:
+        print(f"SIGTERM: saved checkpoint at step {step}, exiting.", flush=True)
+        break
+      if step == stop_at:
+        break
+  finally:
+    preempted.restore()
+    ckpt.close()
+    writer.flush()
+  return state
+
+
+def _params_from(path: str, like):
+  """Trainable params from another run's workdir or an exported .npz (DAVIS fine-tuning)."""
+  from solv_jax import export
+  params = export.load_trainable(path)
+  flat_like = flax.traverse_util.flatten_dict(like)
+  flat = flax.traverse_util.flatten_dict(params)
+  for k, v in flat_like.items():
+    if k not in flat or flat[k].shape != v.shape:
+      raise ValueError(f"init_from {path!r}: param {'/'.join(k)} is "
+                       f"{flat[k].shape if k in flat else 'missing'}, expected {v.shape}.")
+  return jax.tree_util.tree_map(jnp.asarray, flax.traverse_util.unflatten_dict(
+      {k: flat[k] for k in flat_like}))
+
+
+class _Console:
+  """One line per log step: step, loss, steps/s and ETA."""
+
+  def __init__(self, total: int, start: int):
+    self.total, self.start, self.t0 = total, start, time.time()
+
+  def __call__(self, step: int, scalars: dict):
+    done = step - self.start
+    rate = done / max(time.time() - self.t0, 1e-9)
+    eta = (self.total - step) / rate if rate > 0 else float("inf")
+    print(f"step {step}/{self.total}  loss {scalars['loss']:.4f}  "
+          f"grad_norm {scalars['grad_norm']:.3f}  lr {scalars['lr']:.2e}  "
+          f"merge_p {scalars['merge_prob']:.2f}  slots {scalars['valid_slots']:.1f}  "
+          f"{rate:.2f} steps/s  ETA {_fmt(eta)}", flush=True)
+
+
+def _fmt(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  m, s = divmod(int(seconds), 60)
+  h, m = divmod(m, 60)
+  return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"

@@ -1,0 +1,218 @@
+"""Training clips and evaluation videos (solv_jax/data/pipeline.py)."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import torch
+from PIL import Image
+
+from solv_jax.data import convert
+from solv_jax.data import pipeline
+from solv_jax.data import synthetic
+from tests.data.conftest import TINY_SYNTHETIC
+from tests.data.raw_fixtures import make_ytvis, save_palette_png
+
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def _pixels(x):
+  """Undo the ImageNet normalisation: back to [0, 255] floats."""
+  return (np.asarray(x) * STD + MEAN) * 255
+
+
+# -- preprocess_frames ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(21, 30), (70, 96)])  # shrink and enlarge
+def test_preprocess_matches_pil_and_torch_bilinear(size):
+  rng = np.random.default_rng(0)
+  frames = rng.integers(0, 256, (2, 45, 61, 3), dtype=np.uint8)
+  out = pipeline.preprocess_frames(frames, size)
+  assert out.shape == (2, *size, 3) and out.dtype == np.float32
+
+  ref = torch.nn.functional.interpolate(
+      torch.from_numpy(frames).permute(0, 3, 1, 2).double(), size=size,
+      mode="bilinear", antialias=True, align_corners=False).permute(0, 2, 3, 1)
+  np.testing.assert_allclose(_pixels(out), ref.numpy(), atol=2e-3)
+  pil = np.stack([np.asarray(Image.fromarray(f).resize(size[::-1], Image.BILINEAR))
+                  for f in frames])
+  assert np.abs(_pixels(out) - pil).max() <= 1.0  # PIL rounds to uint8
+
+  # Same size: only the normalisation. Leading dims and tf tensors pass through.
+  same = pipeline.preprocess_frames(frames, (45, 61))
+  np.testing.assert_allclose(same, (frames / 255.0 - MEAN) / STD, atol=1e-5)
+  many = pipeline.preprocess_frames(frames.reshape(1, 2, 45, 61, 3), size)
+  np.testing.assert_allclose(many[0], out, atol=1e-6)
+  as_tf = pipeline.preprocess_frames(tf.constant(frames[0]), size)
+  assert isinstance(as_tf, tf.Tensor)
+  np.testing.assert_allclose(as_tf.numpy(), out[0], atol=1e-6)
+  with pytest.raises(TypeError, match="uint8"):
+    pipeline.preprocess_frames(frames.astype(np.float32), size)
+
+
+# -- clip order -------------------------------------------------------------------
+
+
+def test_clip_order_is_a_seeded_permutation_per_epoch():
+  lengths = [5, 3, 7, 4, 6, 2]
+  chunks = [("train", 0, 2), ("train", 2, 4), ("train", 4, 6)]
+  chunk_clips = [np.array([(v, t) for v in range(a, b) for t in range(lengths[v])])
+                 for _, a, b in chunks]
+  universe = {(v, t) for v, n in enumerate(lengths) for t in range(n)}
+  order = pipeline.ClipOrder(chunks, chunk_clips, seed=3, block_clips=9)
+  n = order.clips_per_epoch
+  assert n == len(universe)
+  epoch0, epoch1 = order.clips_at(0, n), order.clips_at(n, 2 * n)
+  assert {tuple(c) for c in epoch0} == universe and len(epoch0) == n
+  assert {tuple(c) for c in epoch1} == universe
+  assert not np.array_equal(epoch0, epoch1)
+  for block in order.epoch_blocks(0)[:-1]:  # all but the last hold >= 9 clips
+    assert len(block.clips) >= 9
+  again = pipeline.ClipOrder(chunks, chunk_clips, seed=3, block_clips=9)
+  np.testing.assert_array_equal(again.clips_at(7, 40), order.clips_at(0, 2 * n)[7:40])
+  other = pipeline.ClipOrder(chunks, chunk_clips, seed=4, block_clips=9)
+  assert not np.array_equal(other.clips_at(0, n), epoch0)
+
+
+# -- training iterator --------------------------------------------------------------
+
+
+def _expected_batch(cfg, it, step, batch):
+  """Window clips of global batch `step`, rebuilt from the generator itself."""
+  videos, masks = [], []
+  for gid, t in it.order.clips_at(step * batch, (step + 1) * batch):
+    frames, _ = synthetic.generate_video(cfg, synthetic.video_rng(cfg, "train", gid))
+    idx = t - 2 + np.arange(5)
+    ok = (idx >= 0) & (idx < len(frames))
+    clip = np.zeros((5, 28, 42, 3), np.float32)
+    clip[ok] = pipeline.preprocess_frames(frames[idx[ok]], (28, 42))
+    videos.append(clip)
+    masks.append(ok)
+  return np.stack(videos), np.stack(masks)
+
+
+def test_train_batches_content_hosts_and_resume(synthetic_dir, data_config, tmp_path):
+  scfg = synthetic.config_from(TINY_SYNTHETIC)
+  cfg = data_config(data_dir=synthetic_dir, synthetic=TINY_SYNTHETIC)
+  it = pipeline.make_train_iterator(cfg, 4, 0, 1, seed=7)
+  assert it.order.clips_per_epoch == 6 * 6
+  batches = [next(it) for _ in range(12)]  # > 1 epoch (9 steps)
+  for step in (0, 5, 10):
+    video, mask = _expected_batch(scfg, it, step, 4)
+    assert batches[step]["video"].shape == (4, 5, 28, 42, 3)
+    assert batches[step]["video"].dtype == np.float32
+    assert batches[step]["frame_mask"].dtype == np.bool_
+    np.testing.assert_array_equal(batches[step]["frame_mask"], mask)
+    np.testing.assert_allclose(batches[step]["video"], video, atol=1e-5)
+
+  # Video ends: t = 0 and t = T-1 mask the frames outside and zero-fill them.
+  clips = it.order.clips_at(0, 36)
+  masks = np.concatenate([b["frame_mask"] for b in batches[:9]])
+  videos = np.concatenate([b["video"] for b in batches[:9]])
+  first, last = np.flatnonzero(clips[:, 1] == 0)[0], np.flatnonzero(clips[:, 1] == 5)[0]
+  assert masks[first].tolist() == [False, False, True, True, True]
+  assert masks[last].tolist() == [True, True, True, False, False]
+  assert not videos[first, :2].any() and not videos[last, 3:].any()
+
+  # Two hosts: each gets its contiguous half of every global batch.
+  halves = [pipeline.make_train_iterator(cfg, 2, p, 2, seed=7) for p in (0, 1)]
+  for step in range(3):
+    parts = [next(h) for h in halves]
+    np.testing.assert_array_equal(
+        np.concatenate([p["video"] for p in parts]), batches[step]["video"])
+  for h in halves:
+    h.close()
+
+  # Resume: a fresh iterator restored at step 5 continues exactly.
+  fresh = pipeline.make_train_iterator(cfg, 4, 0, 1, seed=7)
+  it2 = pipeline.make_train_iterator(cfg, 4, 0, 1, seed=7)
+  for _ in range(5):
+    next(it2)
+  it2.save(str(tmp_path / "data.json"))
+  assert it2.get_state()["step"] == 5
+  fresh.restore(str(tmp_path / "data.json"))
+  for step in range(5, 8):
+    np.testing.assert_array_equal(next(fresh)["video"], batches[step]["video"])
+  other = pipeline.make_train_iterator(cfg, 4, 0, 1, seed=8)
+  with pytest.raises(ValueError, match="another data order"):
+    other.set_state(it2.get_state())
+  for x in (it, it2, fresh, other):
+    x.close()
+
+
+def test_train_errors(synthetic_dir, data_config, tmp_path):
+  cfg = data_config(data_dir=synthetic_dir, synthetic=TINY_SYNTHETIC, num_context=3)
+  with pytest.raises(ValueError, match=r"F = 2\*3\+1 = 7 frames .* has 6"):
+    pipeline.make_train_iterator(cfg, 2, 0, 1)
+  cfg = data_config(data_dir=synthetic_dir, synthetic=TINY_SYNTHETIC)
+  with pytest.raises(ValueError, match="multiple of the number of hosts"):
+    pipeline.TrainIterator(None, splits=[], resolution=(28, 28), num_context=2,
+                           batch_size=3, seed=0, process_count=2)
+  with pytest.raises(ValueError, match="no split 'nope'"):
+    pipeline.make_train_iterator(data_config(data_dir=synthetic_dir,
+                                             synthetic=TINY_SYNTHETIC,
+                                             train_split="train+nope"), 2, 0, 1)
+  with pytest.raises(ValueError, match="config.data.name must be one of"):
+    pipeline.make_train_iterator(data_config(name="kinetics"), 2, 0, 1)
+  missing = str(tmp_path / "nowhere")
+  with pytest.raises(FileNotFoundError,
+                     match=r"(?s)nowhere/ytvis19/1.0.0 does not exist.*tools/convert_ytvis.py"):
+    pipeline.make_train_iterator(data_config(name="ytvis19", data_dir=missing), 2, 0, 1)
+
+
+# -- evaluation ---------------------------------------------------------------------
+
+
+def test_eval_synthetic(synthetic_dir, data_config):
+  scfg = synthetic.config_from(TINY_SYNTHETIC)
+  cfg = data_config(data_dir=synthetic_dir, synthetic=TINY_SYNTHETIC, eval_max_videos=2)
+  videos = list(pipeline.eval_videos(cfg))
+  assert [v["video_name"] for v in videos] == ["validation_00000", "validation_00001"]
+  for i, v in enumerate(videos):
+    frames, ids = synthetic.generate_video(scfg, synthetic.video_rng(scfg, "validation", i))
+    np.testing.assert_array_equal(v["video"], frames)
+    np.testing.assert_array_equal(v["segmentations"], ids.astype(np.int32))
+    assert v["video"].dtype == np.uint8 and v["segmentations"].dtype == np.int32
+  assert pipeline.num_eval_videos(cfg) == 3
+
+
+def test_ytvis_eval_subsets(tmp_path, data_config, monkeypatch):
+  raw, out = str(tmp_path / "raw"), str(tmp_path / "out")
+  spec = {"train": [(f"v{i}", 3 + i % 2, (24, 32), 2) for i in range(5)],
+          "valid": [("w", 4, (24, 32), 0)], "test": [("x", 3, (24, 32), 0)]}
+  truth = make_ytvis(raw, spec)
+  # v2: object 2 is absent from frame 0, so evaluation drops it (SPEC §7).
+  ids_v2 = truth["train"]["v2"][1]
+  frame0 = ids_v2[0].copy()
+  frame0[frame0 == 2] = 0
+  save_palette_png(os.path.join(raw, "train", "Annotations", "v2", "00000.png"), frame0)
+  convert.convert_ytvis(raw, out, workers=1)
+  monkeypatch.setattr(pipeline, "YTVIS_EVAL_RANGE", (1, 3))
+
+  cfg = data_config(name="ytvis19", data_dir=out, train_split="train+valid+test",
+                    eval_split="train", num_context=1)
+  videos = list(pipeline.eval_videos(cfg))
+  assert [v["video_name"] for v in videos] == ["v1", "v2"]
+  expected = ids_v2.astype(np.int32)
+  expected[0] = frame0
+  expected[expected == 2] = 0
+  np.testing.assert_array_equal(videos[1]["segmentations"], expected)
+
+  # Training uses all splits; 'disjoint' drops the evaluation videos from it.
+  lengths = [3, 4, 3, 4, 3]
+  authors = pipeline.make_train_iterator(cfg, 2, 0, 1)
+  assert authors.order.clips_per_epoch == sum(lengths) + 4 + 3
+  cfg.ytvis_eval_subset = "disjoint"
+  disjoint = pipeline.make_train_iterator(cfg, 2, 0, 1)
+  n = disjoint.order.clips_per_epoch
+  assert n == sum(lengths) - 4 - 3 + 4 + 3
+  gids = set(disjoint.order.clips_at(0, n)[:, 0].tolist())
+  assert gids == {0, 3, 4, 5, 6}  # train v0, v3, v4, then valid w, test x
+  batch = next(disjoint)
+  assert batch["video"].shape == (2, 3, 28, 42, 3)
+  for x in (authors, disjoint):
+    x.close()
+  assert [v["video_name"] for v in pipeline.eval_videos(cfg)] == ["v1", "v2"]
