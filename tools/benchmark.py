@@ -1,0 +1,231 @@
+"""Benchmarks: train step, merge backends, token-drop sweep (paper Fig. 7), evaluation speed.
+
+  python tools/benchmark.py --config=configs/ytvis19.py --config.train.batch_size=2
+  python tools/benchmark.py --config=configs/ytvis19.py --config.train.batch_size=2 \
+      --what=matmul,step,merge,drop,eval --steps=5
+
+Prints one JSON line per measurement and a table at the end. Step time is the median of
+--steps timed steps after compilation (block_until_ready); FLOPs are XLA's cost analysis of
+the compiled step; utilisation is achieved FLOP/s over this device's dense matmul rate
+measured in the same run (float32 on CPU, bfloat16 on GPU/TPU). Peak memory is the device's
+peak_bytes_in_use where the backend reports it, else the process's peak RSS.
+DINOv2 is randomly initialised unless config.model.encoder_weights is set: speed does not
+depend on the weights.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+config_flags.DEFINE_config_file("config", "configs/ytvis19.py", "Config file.", lock_config=True)
+flags.DEFINE_list("what", ["matmul", "step", "merge", "eval"],
+                  "Any of matmul, step, merge, drop, eval.")
+flags.DEFINE_integer("steps", 5, "Timed steps per measurement (after compilation).")
+flags.DEFINE_integer("eval_frames", 30, "Frames of the evaluation video.")
+flags.DEFINE_list("drop_ratios", ["0.0", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7",
+                                  "0.8", "0.9"], "Token-drop sweep.")
+flags.DEFINE_string("out", "", "Also append the JSON lines to this file.")
+flags.DEFINE_string("plot", "", "Write the token-drop sweep as a PNG plot here.")
+
+RESULTS: list[dict] = []
+
+
+def emit(record: dict) -> None:
+  import jax
+  record = {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
+            "num_devices": jax.device_count(), **record}
+  RESULTS.append(record)
+  line = json.dumps(record)
+  print(line, flush=True)
+  if flags.FLAGS.out:
+    with open(flags.FLAGS.out, "a") as f:
+      f.write(line + "\n")
+
+
+def peak_memory_bytes() -> tuple[int, str]:
+  import jax
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    return int(stats["peak_bytes_in_use"]), "device_peak"
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process_peak_rss"
+
+
+def timed(fn, n: int) -> list[float]:
+  times = []
+  for _ in range(n):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return times
+
+
+def matmul_rate() -> float:
+  """Dense matmul FLOP/s of this device: float32 on CPU, bfloat16 on accelerators."""
+  import jax
+  import jax.numpy as jnp
+  cpu = jax.default_backend() == "cpu"
+  n = 2048 if cpu else 8192
+  dtype = jnp.float32 if cpu else jnp.bfloat16
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+  f = jax.jit(lambda a, b: a @ b)
+  f(a, b).block_until_ready()
+  t = statistics.median(timed(lambda: f(a, b).block_until_ready(), 10))
+  rate = 2 * n**3 / t
+  emit({"what": "matmul", "n": n, "dtype": str(jnp.dtype(dtype)), "seconds": t,
+        "flops_per_second": rate})
+  return rate
+
+
+def bench_step(config, label: str, rate: float | None, **extra) -> dict:
+  import jax
+  import numpy as np
+  from solv_jax import sharding, train
+  from solv_jax.models.solv import build_model
+
+  model = build_model(config)
+  tx = train.make_optimizer(config.train)
+  mesh = sharding.make_mesh()
+  frozen = jax.device_put(train.encoder_params(config, model), sharding.replicated(mesh))
+  state = train.create_train_state(config, model, tx)
+  # At the last step the merge probability is 1: every sample is merged (worst case).
+  state = jax.device_put(state.replace(step=jax.numpy.int32(config.train.num_steps - 1)),
+                         sharding.replicated(mesh))
+  b, (h, w) = config.train.batch_size, config.data.resolution
+  f = 2 * config.data.num_context + 1
+  rng = np.random.default_rng(0)
+  batch = sharding.shard_batch({"video": rng.normal(size=(b, f, h, w, 3)).astype(np.float32),
+                                "frame_mask": np.ones((b, f), bool)}, mesh)
+  step = jax.jit(train.make_train_step(model, tx, config))
+  key = jax.random.key(0)
+  t0 = time.perf_counter()
+  compiled = step.lower(state, frozen, batch, key).compile()
+  compile_s = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+  mem_stats = compiled.memory_analysis()
+  xla_bytes = None if mem_stats is None else int(
+      mem_stats.temp_size_in_bytes + mem_stats.argument_size_in_bytes +
+      mem_stats.output_size_in_bytes)
+  holder = {"state": state}
+
+  def run():
+    holder["state"], m = compiled(holder["state"], frozen, batch, key)
+    jax.block_until_ready(m)
+
+  run()  # warm-up
+  times = timed(run, flags.FLAGS.steps)
+  t = statistics.median(times)
+  mem, mem_kind = peak_memory_bytes()
+  record = {"what": label, "batch_size": b, "resolution": [h, w],
+            "num_slots": config.model.num_slots, "token_drop": config.model.token_drop,
+            "merge": bool(config.model.merge), "merge_backend": config.model.merge_backend,
+            "encoder_dtype": config.model.encoder_dtype, "step_seconds": t,
+            "step_seconds_all": times, "clips_per_second": b / t, "compile_seconds": compile_s,
+            "flops_per_step": flops, "achieved_flops_per_second": flops / t,
+            "utilisation": (flops / t) / rate if rate else None,
+            "floor_seconds": flops / rate if rate else None,
+            "peak_memory_bytes": mem, "memory_kind": mem_kind,
+            "xla_step_memory_bytes": xla_bytes, **extra}
+  emit(record)
+  return record
+
+
+def bench_eval(config) -> None:
+  import jax
+  import numpy as np
+  from solv_jax import evaluate, train
+  from solv_jax.models.solv import build_model
+
+  model = build_model(config)
+  tx = train.make_optimizer(config.train)
+  state = train.create_train_state(config, model, tx)
+  params = {**jax.device_get(state.params), "encoder": train.encoder_params(config, model)}
+  h, w = config.data.resolution
+  frames = np.random.default_rng(0).normal(size=(flags.FLAGS.eval_frames, h, w, 3)).astype(
+      np.float32)
+  seg = evaluate.VideoSegmenter(model, params, batch_windows=config.eval.batch_windows)
+  out = {}
+  for naive in (False, True):
+    seg(frames, naive=naive)  # compile
+    t = statistics.median(timed(lambda: seg(frames, naive=naive), 2))
+    out[naive] = t
+    emit({"what": "eval_naive" if naive else "eval", "frames": len(frames),
+          "resolution": [h, w], "seconds": t, "frames_per_second": len(frames) / t})
+  emit({"what": "eval_speedup", "speedup": out[True] / out[False]})
+
+
+def plot_sweep(sweep: list[dict], path: str) -> None:
+  """Paper Fig. 7 axes: token drop ratio -> step time and peak memory."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  ratios = [r["token_drop"] for r in sweep]
+  fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+  ax.plot(ratios, [r["step_seconds"] for r in sweep], "o-", color="tab:blue")
+  ax.set_xlabel("token drop ratio")
+  ax.set_ylabel("train step (s)", color="tab:blue")
+  ax2 = ax.twinx()
+  # XLA's own accounting of the compiled step (temporaries + arguments + outputs): per
+  # executable, unlike a process's peak RSS, which only ever grows during a sweep.
+  ax2.plot(ratios, [r["xla_step_memory_bytes"] / 2**30 for r in sweep], "s--", color="tab:red")
+  ax2.set_ylabel("step memory (GiB, XLA)", color="tab:red")
+  ax.set_title(f"{sweep[0]['device']}, batch {sweep[0]['batch_size']}, "
+               f"{sweep[0]['resolution'][0]}x{sweep[0]['resolution'][1]}")
+  fig.tight_layout()
+  fig.savefig(path)
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  config = flags.FLAGS.config
+  what = set(flags.FLAGS.what)
+  rate = matmul_rate() if what & {"matmul", "step", "merge", "drop"} else None
+  if "step" in what:
+    bench_step(config, "train_step", rate)
+  if "merge" in what:
+    for backend in ("device", "host"):
+      c = config.copy_and_resolve_references()
+      c.model.merge, c.model.merge_backend = True, backend
+      bench_step(c, f"train_step_merge_{backend}", rate)
+    c = config.copy_and_resolve_references()
+    c.model.merge = False
+    bench_step(c, "train_step_merge_off", rate)
+  if "drop" in what:
+    sweep = []
+    for r in flags.FLAGS.drop_ratios:
+      c = config.copy_and_resolve_references()
+      c.model.token_drop = float(r)
+      sweep.append(bench_step(c, "drop_sweep", rate))
+    if flags.FLAGS.plot:
+      plot_sweep(sweep, flags.FLAGS.plot)
+  if "eval" in what:
+    bench_eval(config)
+  print("\n| what | step s | clips/s | GFLOP/step | utilisation | peak MiB | XLA step MiB |",
+        flush=True)
+  print("|---|---|---|---|---|---|---|")
+  for r in RESULTS:
+    if "step_seconds" in r:
+      util = f"{r['utilisation']:.1%}" if r["utilisation"] else "-"
+      print(f"| {r['what']} (drop {r['token_drop']}) | {r['step_seconds']:.3f} | "
+            f"{r['clips_per_second']:.2f} | {r['flops_per_step'] / 1e9:.1f} | {util} | "
+            f"{r['peak_memory_bytes'] / 2**20:.0f} | "
+            f"{(r['xla_step_memory_bytes'] or 0) / 2**20:.0f} |")
+    elif "frames_per_second" in r:
+      print(f"| {r['what']} | {r['seconds']:.2f} s / {r['frames']} frames | "
+            f"{r['frames_per_second']:.2f} frames/s | | | |")
+
+
+if __name__ == "__main__":
+  sys.exit(app.run(main))
