@@ -33,6 +33,7 @@ def run(config, workdir: str, mode: str) -> dict | None:
   from solv_jax import evaluate, export, train
   from solv_jax.models.solv import build_model
 
+  train.validate_config(config)
   export.save_config(workdir, config)
   model = build_model(config)
   results = None

@@ -35,6 +35,89 @@ class TrainState:
 
 
 # ----------------------------------------------------------------------------------------------
+# Config checks: before anything is built, so a typo costs seconds, not a compile.
+# ----------------------------------------------------------------------------------------------
+FREE_FORM = ("config.data.synthetic",)  # checked by the synthetic generator itself
+
+
+def validate_config(config) -> None:
+  """Raises ValueError listing every unknown key (against configs/base.py) and every value the
+  method cannot run with, each with the value seen and what to set instead."""
+  import difflib
+  from configs import base
+  from solv_jax.models.merging import BACKENDS
+
+  problems = []
+
+  def keys(cfg, ref, prefix):
+    for key in cfg.keys():
+      name = f"{prefix}.{key}"
+      if key not in ref:
+        close = difflib.get_close_matches(key, list(ref.keys()), n=1)
+        hint = (f"did you mean {prefix}.{close[0]}?" if close else
+                f"known keys of {prefix}: {sorted(ref.keys())}")
+        problems.append(f"{name} is not a config key ({hint}).")
+      elif (name not in FREE_FORM and hasattr(ref[key], "keys")
+            and hasattr(cfg[key], "keys")):
+        keys(cfg[key], ref[key], name)
+
+  keys(config, base.get_config(), "config")
+  if problems:  # values of misspelled keys would only add noise
+    raise ValueError("Invalid config:\n  " + "\n  ".join(problems))
+
+  def check(ok, key, value, rule):
+    if not ok:
+      problems.append(f"config.{key} = {value!r}: {rule}")
+
+  d, m, t = config.data, config.model, config.train
+  res = tuple(d.resolution)
+  res_ok = len(res) == 2 and all(
+      isinstance(r, (int, np.integer)) and r >= dinov2.PATCH_SIZE for r in res)
+  if not res_ok:
+    check(False, "data.resolution", res, "must be (H, W), two ints >= 14.")
+  else:
+    fit = tuple(max(1, round(r / dinov2.PATCH_SIZE)) * dinov2.PATCH_SIZE for r in res)
+    res_ok = fit == res
+    check(res_ok, "data.resolution", res,
+          f"H and W must be multiples of the DINOv2 patch size {dinov2.PATCH_SIZE}; e.g. "
+          f"--config.data.resolution='{fit}'.")
+  check(d.num_context >= 0, "data.num_context", d.num_context,
+        "the window t-n..t+n needs n >= 0 (2 in the paper).")
+  check(m.encoder in dinov2.VARIANTS, "model.encoder", m.encoder,
+        f"not a DINOv2 variant; choose one of {sorted(dinov2.VARIANTS)}.")
+  check(m.encoder_dtype in ("float32", "bfloat16"), "model.encoder_dtype", m.encoder_dtype,
+        "must be 'float32' or 'bfloat16'.")
+  check(m.num_slots >= 1, "model.num_slots", m.num_slots,
+        "needs at least 1 slot (8 for YTVIS, 18 for MOVi-E in the paper).")
+  check(m.slot_iters >= 1, "model.slot_iters", m.slot_iters, "needs >= 1 iteration (3).")
+  check(0.0 <= m.token_drop < 1.0, "model.token_drop", m.token_drop,
+        "the token drop ratio must be in [0, 1) (0.5 in the paper; 0 keeps every token).")
+  if 0.0 <= m.token_drop < 1.0 and res_ok:
+    tokens = (res[0] // dinov2.PATCH_SIZE) * (res[1] // dinov2.PATCH_SIZE)
+    check(int(tokens * (1.0 - m.token_drop)) >= 1, "model.token_drop", m.token_drop,
+          f"keeps no token of the {tokens} at resolution {res}; lower it.")
+  check(m.spatial_binding in ("invariant", "vanilla"), "model.spatial_binding",
+        m.spatial_binding, "must be 'invariant' or 'vanilla'.")
+  check(m.merge_backend in BACKENDS, "model.merge_backend", m.merge_backend,
+        f"must be one of {BACKENDS}.")
+  if m.temporal_binding:
+    check(m.temporal_heads >= 1 and m.slot_dim % m.temporal_heads == 0,
+          "model.temporal_heads", m.temporal_heads,
+          f"must divide config.model.slot_dim = {m.slot_dim}.")
+  for key in ("batch_size", "num_steps", "num_epochs", "log_every", "checkpoint_every",
+              "keep_checkpoints"):
+    check(t[key] >= 1, f"train.{key}", t[key], "must be >= 1.")
+  check(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "must be > 0.")
+  check(0.0 <= t.warmup_frac < 1.0, "train.warmup_frac", t.warmup_frac, "must be in [0, 1).")
+  check(t.nonfinite in ("stop", "skip"), "train.nonfinite", t.nonfinite,
+        "must be 'stop' or 'skip'.")
+  check(config.eval.batch_windows >= 1, "eval.batch_windows", config.eval.batch_windows,
+        "must be >= 1.")
+  if problems:
+    raise ValueError("Invalid config:\n  " + "\n  ".join(problems))
+
+
+# ----------------------------------------------------------------------------------------------
 # Schedules (SPEC §6).
 # ----------------------------------------------------------------------------------------------
 def learning_rate_schedule(peak: float, num_steps: int, warmup_frac: float = 0.05):
@@ -195,6 +278,7 @@ def train(config, workdir: str, stop_at: int | None = None) -> TrainState:
   from clu import metric_writers, periodic_actions
   from solv_jax.data import pipeline  # tensorflow is imported only when data is needed
 
+  validate_config(config)
   if config.train.distributed:
     jax.distributed.initialize()
   os.makedirs(workdir, exist_ok=True)
@@ -233,7 +317,10 @@ def train(config, workdir: str, stop_at: int | None = None) -> TrainState:
       state, metrics = step_fn(state, frozen, batch, rng)
       step += 1
       progress(step)
-      last = step == total or preempted.flag or step == stop_at
+      # Read the SIGTERM flag once per step: a signal arriving later in this step (while it
+      # waits for the device) is acted on at the next one, never with its checkpoint skipped.
+      preempt = preempted.flag
+      last = step == total or preempt or step == stop_at
       if step % config.train.log_every == 0 or last:
         check_finite(state, config)
         scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -248,7 +335,7 @@ def train(config, workdir: str, stop_at: int | None = None) -> TrainState:
       if step % config.train.checkpoint_every == 0 or last:
         check_finite(state, config)
         ckpt.save(step, state, data.get_state(), force=True)
-      if preempted.flag:
+      if preempt:
         print(f"SIGTERM: saved checkpoint at step {step}, exiting.", flush=True)
         break
       if step == stop_at:

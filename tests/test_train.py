@@ -1,8 +1,12 @@
-"""The train step: sharded over 8 simulated devices equals 1 device; non-finite updates."""
+"""The train step: sharded over 8 simulated devices equals 1 device; non-finite updates.
+Config checks. End to end through the entry point: runs killed (SIGKILL mid-step and
+mid-checkpoint-write) or preempted (SIGTERM) resume to the uninterrupted run's exact params; a
+NaN batch stops the run naming its step (or is skipped and counted); same seed, same bits."""
 import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import jax.numpy as jnp
@@ -111,3 +115,300 @@ def test_gradients_reach_every_trainable_param_and_not_the_encoder():
     assert np.abs(np.asarray(g)).max() > 0, jax.tree_util.keystr(path)
   assert all(np.abs(np.asarray(g)).max() == 0 for g in jax.tree_util.tree_leaves(g_frozen))
   assert "encoder" not in state.params
+
+
+# ----------------------------------------------------------------------------------------------
+# Config checks.
+# ----------------------------------------------------------------------------------------------
+def test_every_recipe_passes_validate_config():
+  import importlib
+  for name in ("configs.base", "configs.demo", "configs.movi_e", "configs.ytvis19",
+               "configs.davis17", "tests.tiny"):
+    train.validate_config(importlib.import_module(name).get_config())
+
+
+def test_bad_configs_fail_before_anything_is_built(tmp_path):
+  from solv_jax import main
+  from tests.tiny import get_config
+
+  config = get_config()
+  config.train.lerning_rate = 1e-3  # a typo in a config file adds a key instead of failing
+  config.model.colour = "red"
+  with pytest.raises(ValueError) as e:
+    main.run(config, str(tmp_path / "w"), "train")
+  assert "config.train.lerning_rate is not a config key (did you mean " \
+         "config.train.learning_rate?)" in str(e.value)
+  assert "config.model.colour is not a config key (known keys of config.model: [" in str(e.value)
+  assert not os.path.exists(tmp_path / "w")  # failed before writing anything
+
+  cases = [("data", "resolution", (30, 56),
+            r"resolution = \(30, 56\): H and W must be multiples of the DINOv2 patch size 14; "
+            r"e.g. --config.data.resolution='\(28, 56\)'"),
+           ("model", "token_drop", 1.0, r"token_drop = 1.0: the token drop ratio must be in "
+            r"\[0, 1\)"),
+           ("model", "token_drop", -0.1, r"token_drop = -0.1: .* must be in \[0, 1\)"),
+           ("model", "token_drop", 0.95, r"keeps no token of the 12 at resolution \(42, 56\)"),
+           ("model", "num_slots", 0, r"num_slots = 0: needs at least 1 slot"),
+           ("model", "encoder", "vitx14", r"encoder = 'vitx14': not a DINOv2 variant"),
+           ("model", "temporal_heads", 3, r"temporal_heads = 3: must divide "
+            r"config.model.slot_dim = 16"),
+           ("train", "checkpoint_every", 0, r"checkpoint_every = 0: must be >= 1"),
+           ("train", "nonfinite", "ignore", r"nonfinite = 'ignore': must be 'stop' or 'skip'")]
+  for group, key, value, message in cases:
+    config = get_config()
+    config[group][key] = value
+    with pytest.raises(ValueError, match=message):
+      train.train(config, str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w")
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end through the entry point: preemption, non-finite batches, determinism.
+#
+# Runs of tests/tiny.py:get_config (6 steps of batch 2, checkpoints at 2, 4, 6) on one tiny
+# synthetic dataset. They all share one persistent XLA compilation cache, so only the first
+# (the uninterrupted reference run) compiles; later processes start in ~15 s.
+# ----------------------------------------------------------------------------------------------
+TMP_SUFFIX = ".orbax-checkpoint-tmp"
+
+# Test-only hook: the real entry point, with orbax's commit of a step (the rename of its
+# temporary folder) paused, so that a SIGKILL lands while a checkpoint is being written.
+PAUSE_FIRST_COMMIT = textwrap.dedent("""
+    import asyncio, runpy, sys
+    from orbax.checkpoint._src.path import atomicity
+    finalize = atomicity.AtomicRenameTemporaryPath.finalize
+    async def paused(self):
+      if self.get_final().name.isdigit():  # a step folder, not one of its items
+        print(f"COMMITTING {self.get()}", flush=True)
+        await asyncio.sleep(3600)
+      await finalize(self)
+    atomicity.AtomicRenameTemporaryPath.finalize = paused
+    sys.argv = ["solv_jax.main"] + sys.argv[1:]
+    runpy.run_module("solv_jax.main", run_name="__main__", alter_sys=True)
+""")
+
+
+class _Run:
+  """`python -m solv_jax.main` on the tiny config in a subprocess; its output read by line."""
+
+  def __init__(self, e2e, workdir, hook=None, *overrides):
+    import queue
+    import threading
+    cmd = [sys.executable, *(["-c", hook] if hook else ["-m", "solv_jax.main"]),
+           "--config=tests/tiny.py", f"--config.data.data_dir={e2e.data_dir}", "--mode=train",
+           f"--workdir={workdir}", *overrides]
+    self.proc = subprocess.Popen(cmd, cwd=REPO, env=e2e.env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)
+    self.output, self._lines = [], queue.Queue()
+    self._reader = threading.Thread(target=self._read, daemon=True)
+    self._reader.start()
+
+  def _read(self):
+    for line in self.proc.stdout:
+      self.output.append(line)
+      self._lines.put(line)
+    self._lines.put(None)
+
+  def wait_for(self, pattern, timeout=300):
+    import re
+    deadline = time.monotonic() + timeout
+    while True:
+      line = self._lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+      assert line is not None, f"exited before printing {pattern!r}:\n{self.tail()}"
+      if match := re.search(pattern, line):
+        return match
+
+  def signal(self, sig):
+    self.proc.send_signal(sig)
+    return self.finish()
+
+  def finish(self, timeout=300):
+    rc = self.proc.wait(timeout)
+    self._reader.join(30)
+    return rc
+
+  def tail(self):
+    return "".join(self.output[-30:])
+
+  def resumed_from(self):
+    import re
+    steps = [int(m.group(1)) for line in self.output
+             if (m := re.match(r"Resumed from .*/checkpoints/(\d+)$", line.strip()))]
+    return steps[0] if steps else None
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory):
+  """The shared dataset, compilation cache and the uninterrupted reference run."""
+  import types
+  root = tmp_path_factory.mktemp("e2e")
+  e2e = types.SimpleNamespace(data_dir=str(root / "data"), cache=str(root / "xla_cache"),
+                              reference=str(root / "reference"))
+  e2e.env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
+                 JAX_COMPILATION_CACHE_DIR=e2e.cache,
+                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  run = _Run(e2e, e2e.reference)
+  assert run.finish(600) == 0, run.tail()
+  assert _steps(e2e.reference) == ([2, 4, 6], [])
+  return e2e
+
+
+@pytest.fixture
+def compile_cache(e2e):
+  """This process compiles through the subprocesses' cache too (same programs, same keys)."""
+  from jax.experimental.compilation_cache import compilation_cache as cc
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+           "jax_persistent_cache_min_entry_size_bytes")
+  old = {n: getattr(jax.config, n) for n in names}
+  for name, value in zip(names, (e2e.cache, 0.0, 0)):
+    jax.config.update(name, value)
+  cc.reset_cache()
+  yield
+  for name, value in old.items():
+    jax.config.update(name, value)
+  cc.reset_cache()
+
+
+def _steps(workdir):
+  """(complete checkpoint steps, names of orbax temporary folders) under WORKDIR/checkpoints."""
+  directory = os.path.join(workdir, "checkpoints")
+  names = os.listdir(directory) if os.path.isdir(directory) else []
+  return sorted(int(n) for n in names if n.isdigit()), sorted(n for n in names if TMP_SUFFIX in n)
+
+
+def _params(workdir, step=None):
+  from solv_jax import export
+  return export.restore_workdir(workdir, step)
+
+
+def _assert_bitwise_equal(a, b):
+  flat_a, flat_b = (jax.tree_util.tree_leaves_with_path(x) for x in (a, b))
+  assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
+  for (path, x), (_, y) in zip(flat_a, flat_b):
+    assert np.asarray(x).dtype == np.asarray(y).dtype
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
+
+
+def test_killed_and_preempted_runs_resume_to_the_uninterrupted_params(e2e, tmp_path):
+  import signal
+  workdir = str(tmp_path / "run")
+
+  # 1. SIGKILL mid-step: as soon as step 3 is logged (step 4 runs; checkpoint 2 may still be
+  #    in flight). The restart must resume from the newest complete checkpoint, if any.
+  run = _Run(e2e, workdir)
+  run.wait_for(r"^step 3/6 ")
+  assert run.signal(signal.SIGKILL) == -signal.SIGKILL
+  complete, _ = _steps(workdir)
+  resume = complete[-1] if complete else None
+
+  # 2. SIGKILL while the restart's first checkpoint is written: its data is all in the
+  #    temporary folder, which is not yet renamed to the step.
+  run = _Run(e2e, workdir, PAUSE_FIRST_COMMIT)
+  tmp = run.wait_for(r"^COMMITTING (\S+)").group(1)
+  assert run.signal(signal.SIGKILL) == -signal.SIGKILL, run.tail()
+  assert run.resumed_from() == resume, run.tail()
+  assert os.path.isdir(tmp) and os.listdir(os.path.join(tmp, "state"))
+  assert _steps(workdir) == (complete, [os.path.basename(tmp)])  # written, not visible
+
+  # 3. SIGTERM while the step after a checkpoint runs (the host waits on the device): the run
+  #    saves a checkpoint at the step it is on, due or not, waits for it and exits cleanly.
+  run = _Run(e2e, workdir)
+  run.wait_for(rf"^step {(resume or 0) + 2}/6 ")
+  time.sleep(0.05)
+  assert run.signal(signal.SIGTERM) == 0, run.tail()
+  assert run.resumed_from() == resume, run.tail()
+  saved = int(run.wait_for(r"^SIGTERM: saved checkpoint at step (\d+), exiting", 1).group(1))
+  assert saved > (resume or 0) + 2
+  complete, tmps = _steps(workdir)
+  assert saved in complete and not tmps  # committed before exit; step 2's leftover removed
+  assert _params(workdir, saved)[0] == saved
+
+  # 4. The last restart finishes; every step it trains follows the uninterrupted run exactly.
+  run = _Run(e2e, workdir)
+  assert run.finish() == 0, run.tail()
+  assert run.resumed_from() == saved
+  complete, tmps = _steps(workdir)
+  assert complete[-1] == 6 and not tmps
+  step, params = _params(workdir)
+  ref_step, ref_params = _params(e2e.reference)
+  assert step == ref_step == 6
+  _assert_bitwise_equal(params, ref_params)
+
+
+def test_two_runs_with_the_same_seed_are_bit_identical(e2e, compile_cache, tmp_path):
+  from tests.tiny import get_config
+  config = get_config()
+  config.data.data_dir = e2e.data_dir
+  state = train.train(config, str(tmp_path / "again"))  # in this process, the other in its own
+  assert int(state.step) == 6
+  _assert_bitwise_equal(jax.device_get(state.params), _params(e2e.reference)[1])
+  # ... and training moved them: they differ from those of step 2.
+  changed = [not np.array_equal(a, b) for a, b in zip(
+      jax.tree_util.tree_leaves(jax.device_get(state.params)),
+      jax.tree_util.tree_leaves(_params(e2e.reference, 2)[1]))]
+  assert all(changed)
+
+
+def _poison_batch(monkeypatch, step):
+  """The training iterator yields a NaN pixel in the batch of update `step` (1-based)."""
+  from solv_jax.data import pipeline
+  make = pipeline.make_train_iterator
+
+  class Poisoned:
+    def __init__(self, it):
+      self.it = it
+
+    def __getattr__(self, name):
+      return getattr(self.it, name)
+
+    def __next__(self):
+      batch = next(self.it)
+      if self.it.step == step:
+        batch = dict(batch, video=np.array(batch["video"]))
+        batch["video"][1, 2, 5, 7, 0] = np.nan  # one pixel of one target frame
+      return batch
+
+  monkeypatch.setattr(pipeline, "make_train_iterator",
+                      lambda *args, **kwargs: Poisoned(make(*args, **kwargs)))
+
+
+def test_nan_batch_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
+    e2e, compile_cache, tmp_path, monkeypatch, capsys):
+  from solv_jax import main
+  from tests.tiny import get_config
+  _poison_batch(monkeypatch, 3)
+  config = get_config()
+  config.data.data_dir = e2e.data_dir
+  config.train.log_every = 100  # so the check that fires is the one before checkpoint 4
+  workdir = str(tmp_path / "nan")
+  with pytest.raises(train.NonFiniteError, match=r"Non-finite loss or gradient at step 3: .*"
+                     r"--config.train.nonfinite=skip"):
+    main.run(config, workdir, "train")
+  assert _steps(workdir) == ([2], [])  # checkpoint 4 was not written
+  _assert_bitwise_equal(_params(workdir, 2)[1], _params(e2e.reference, 2)[1])
+
+
+def test_nan_batch_with_nonfinite_skip_is_skipped_and_counted(
+    e2e, compile_cache, tmp_path, monkeypatch):
+  import json
+  _poison_batch(monkeypatch, 3)
+  from tests.tiny import get_config
+  config = get_config()
+  config.data.data_dir = e2e.data_dir
+  config.train.nonfinite = "skip"
+  workdir = str(tmp_path / "skip")
+  state = train.train(config, workdir)
+  assert int(state.step) == 6
+  assert int(state.num_nonfinite) == 1 and int(state.first_nonfinite) == 2  # 0-based step
+  assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(jax.device_get(state.params)))
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = {r["step"]: r for r in map(json.loads, f)}
+  assert [np.isfinite(rows[s]["loss"]) for s in range(1, 7)] == [True, True, False, True, True,
+                                                                 True]
+  assert [rows[s]["nonfinite_updates"] for s in range(1, 7)] == [0, 0, 1, 1, 1, 1]
+  # Steps 1-2 are those of the clean run; skipping update 3 changes what follows.
+  _assert_bitwise_equal(_params(workdir, 2)[1], _params(e2e.reference, 2)[1])
+  assert not np.array_equal(
+      jax.tree_util.tree_leaves(jax.device_get(state.params))[0],
+      jax.tree_util.tree_leaves(_params(e2e.reference)[1])[0])

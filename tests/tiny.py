@@ -16,3 +16,22 @@ def tiny_config(**model_overrides):
   for k, v in model_overrides.items():
     config.model[k] = v
   return config
+
+
+def get_config(arg=None):
+  """The tiny config as a config file for the entry point, on a tiny synthetic dataset:
+  python -m solv_jax.main --config=tests/tiny.py --config.data.data_dir=DIR --mode=train
+  (6 steps of batch 2, a log line every step, a checkpoint every 2 steps)."""
+  del arg
+  config = tiny_config()
+  config.data.name = config.data.tfds_name = "synthetic"
+  config.data.eval_split = "validation"
+  config.data.shuffle_buffer = 8
+  config.data.synthetic.update(dict(num_train=4, num_validation=1, num_frames=6, height=28,
+                                    width=42, max_objects=3))
+  config.train.batch_size = 2
+  config.train.num_steps = 6
+  config.train.log_every = 1
+  config.train.checkpoint_every = 2
+  config.eval.num_visualize = 0
+  return config

@@ -122,6 +122,53 @@ def read_index(path) -> dict | None:
     return json.load(f)
 
 
+def tfrecord_count(path) -> tuple[int, str | None]:
+  """(number of whole records, problem or None) of a local TFRecord file.
+
+  Walks the record framing (uint64 length, 4-byte CRC, data, 4-byte CRC) by
+  seeking, without reading the data, so it costs one small read per record.
+  """
+  size = os.path.getsize(path)
+  count, pos = 0, 0
+  with open(path, "rb") as f:
+    while pos < size:
+      if size - pos < 12:
+        return count, f"a partial record header at byte {pos} of {size}"
+      f.seek(pos)
+      length = int.from_bytes(f.read(8), "little")
+      end = pos + 12 + length + 4
+      if end > size:
+        return count, (f"record {count} at byte {pos} needs {end - pos} bytes but "
+                       f"the file ends after {size - pos}")
+      count, pos = count + 1, end
+  return count, None
+
+
+def check_split_files(split_info) -> None:
+  """Raises OSError naming a missing, truncated or short shard of a local split.
+
+  Cheap when the data is whole: the shards' sizes must add up to TFDS's
+  recorded `num_bytes` plus 16 framing bytes per record. Only on a mismatch
+  is each shard's framing walked, and only a shard that is missing, cut inside
+  a record or holds another number of records than `shard_lengths` is an error.
+  """
+  paths = [os.fspath(p) for p in split_info.filepaths]
+  lengths = list(split_info.shard_lengths or [])
+  missing = [p for p in paths if not os.path.exists(p)]
+  if missing:
+    raise OSError(f"Shard {missing[0]} is missing ({len(missing)} of {len(paths)} "
+                  f"shards of split {split_info.name!r} are).")
+  expected = int(split_info.num_bytes) + 16 * int(split_info.num_examples)
+  if not split_info.num_bytes or sum(os.path.getsize(p) for p in paths) == expected:
+    return
+  for path, want in zip(paths, lengths or [None] * len(paths)):
+    count, problem = tfrecord_count(path)
+    if problem is None and want is not None and count != want:
+      problem = f"it holds {count} records but the dataset lists {want}"
+    if problem is not None:
+      raise OSError(f"Shard {path} is truncated or corrupt: {problem}.")
+
+
 def is_complete(path, fingerprint: Mapping[str, Any]) -> bool:
   index = read_index(path)
   return index is not None and index.get("fingerprint") == json.loads(

@@ -142,6 +142,19 @@ class VideoSource:
     return self._read(split_spec, wanted)
 
 
+def _check_records(source: VideoSource, fix: str) -> VideoSource:
+  """Fails early, naming the file, when a local dataset has a missing or cut shard."""
+  if "://" in source.path:  # remote (Kubric's bucket): not stat-ed shard by shard
+    return source
+  for split in source.splits:
+    try:
+      records.check_split_files(source.builder.info.splits[split])
+    except OSError as e:
+      raise OSError(f"The {source.name} dataset at {source.path} is damaged (an interrupted "
+                    f"copy or write?): {e} {fix}") from None
+  return source
+
+
 def open_source(data_config) -> VideoSource:
   """Opens (and for 'synthetic', builds on first use) the dataset of config.data."""
   name = config_value(data_config, "name")
@@ -154,12 +167,15 @@ def open_source(data_config) -> VideoSource:
   if name == "movi_e":
     tfds_name = config_value(data_config, "tfds_name")
     builder = movi.open_builder(tfds_name, data_dir)
-    return VideoSource(name, builder, movi.builder_dir(tfds_name, data_dir))
+    return _check_records(
+        VideoSource(name, builder, movi.builder_dir(tfds_name, data_dir)),
+        f"Copy it again from {movi.KUBRIC_DATA_DIR}.")
 
   if name == "synthetic":
     cfg = synthetic.config_from(config_value(data_config, "synthetic", None))
     path = synthetic.build(cfg, data_dir)
-    return VideoSource(name, tfds.builder_from_directory(path), path)
+    return _check_records(VideoSource(name, tfds.builder_from_directory(path), path),
+                          f"Delete {path}; it is rebuilt on the next run.")
 
   path = records.dataset_dir(data_dir, name, "1.0.0")
   if records.read_index(path) is None:
@@ -169,5 +185,7 @@ def open_source(data_config) -> VideoSource:
         f"{name} records not found: {path} {state}. Create them with\n"
         f"  python {_CONVERTER[name]} --root /path/to/raw/{name} --out {data_dir}\n"
         "or point config.data.data_dir at the directory given to --out.")
-  return VideoSource(name, tfds.builder_from_directory(path), path,
-                     first_frame_objects=True)
+  return _check_records(
+      VideoSource(name, tfds.builder_from_directory(path), path, first_frame_objects=True),
+      f"Convert it again: python {_CONVERTER[name]} --root /path/to/raw/{name} --out "
+      f"{data_dir} --overwrite")

@@ -228,3 +228,52 @@ def test_davis(tmp_path, data_config):
 
   with pytest.raises(FileNotFoundError, match=r"ImageSets/2017"):
     convert.convert_davis(str(tmp_path), str(tmp_path / "o2"))
+
+
+def test_davis_rgba_palette_and_black_frames_and_layout_errors(tmp_path):
+  raw, out = str(tmp_path / "raw"), str(tmp_path / "out")
+  make_davis(raw, {"train": [("v", 3, (24, 32), 1)], "val": [("w", 2, (24, 32), 1)]})
+  rng = np.random.default_rng(5)
+  video_dir = os.path.join(raw, "JPEGImages", "480p", "v")
+  # Frame 0 all black (as RGBA PNG): border removal must keep the whole frame, not crop it
+  # to nothing. Frame 1 RGBA with varying alpha, frame 2 a palette PNG: both stored as RGB.
+  rgba = np.concatenate([smooth_frame(rng, 24, 32),
+                         rng.integers(0, 256, (24, 32, 1), dtype=np.uint8)], -1)
+  black = np.zeros((24, 32, 4), np.uint8)
+  black[..., 3] = 255
+  pal_ids = np.kron(rng.permutation(12).reshape(3, 4) % 4, np.ones((8, 8))).astype(np.uint8)
+  palette = np.array([[10, 200, 30], [250, 250, 250], [90, 0, 160], [128, 128, 0]], np.uint8)
+  for t in range(3):
+    os.remove(os.path.join(video_dir, f"{t:05d}.jpg"))
+  Image.fromarray(black, "RGBA").save(os.path.join(video_dir, "00000.png"))
+  Image.fromarray(rgba, "RGBA").save(os.path.join(video_dir, "00001.png"))
+  img = Image.fromarray(pal_ids, "P")
+  img.putpalette(palette.ravel().tolist())
+  img.save(os.path.join(video_dir, "00002.png"))
+
+  path = convert.convert_davis(raw, out, splits=["train"], workers=1)
+  (ex,) = _read(path, "train")
+  assert tuple(ex["metadata"]["crop"]) == (0, 0, 0, 0)
+  assert ex["video"].shape == (3, 24, 32, 3)  # the whole frame, 3 channels
+  assert np.abs(ex["video"][0].astype(int)).mean() < 1  # JPEG of black
+  # Alpha dropped, colours kept (up to JPEG re-encoding).
+  assert np.abs(ex["video"][1].astype(int) - rgba[..., :3]).mean() < 2
+  assert np.abs(ex["video"][2].astype(int) - palette[pal_ids]).mean() < 8
+
+  # An annotation of another size than its frame.
+  ann = os.path.join(raw, "Annotations", "480p", "w", "00001.png")
+  Image.fromarray(np.zeros((12, 16), np.uint8), "P").save(ann)
+  with pytest.raises(ValueError, match=r"DAVIS val/w: annotation .*00001.png is 16x12 but the "
+                     r"frames are 32x24"):
+    convert.convert_davis(raw, str(tmp_path / "o1"), splits=["val"], workers=1)
+  # An RGB annotation (ids must be palette indices or gray values).
+  Image.fromarray(np.zeros((24, 32, 3), np.uint8), "RGB").save(ann)
+  with pytest.raises(ValueError, match=r"00001.png: annotation PNGs must be palette .* got mode "
+                     r"'RGB'"):
+    convert.convert_davis(raw, str(tmp_path / "o2"), splits=["val"], workers=1)
+  # A listed video without frames.
+  with open(os.path.join(raw, "ImageSets", "2017", "val.txt"), "a") as f:
+    f.write("ghost\n")
+  with pytest.raises(FileNotFoundError, match=r"val.txt lists ghost but .*480p/ghost does not "
+                     r"exist"):
+    convert.convert_davis(raw, str(tmp_path / "o3"), splits=["val"], workers=1)

@@ -216,3 +216,43 @@ def test_ytvis_eval_subsets(tmp_path, data_config, monkeypatch):
   for x in (authors, disjoint):
     x.close()
   assert [v["video_name"] for v in pipeline.eval_videos(cfg)] == ["v1", "v2"]
+
+
+def test_damaged_records_name_the_shard_and_the_fix(synthetic_dir, data_config, tmp_path):
+  import glob
+  import shutil
+  (built,) = glob.glob(os.path.join(synthetic_dir, "synthetic", "*", "1.0.0"))
+  for damage in ("cut inside a record", "cut at a record boundary", "missing"):
+    data_dir = str(tmp_path / damage.replace(" ", "_"))
+    copy = os.path.join(data_dir, os.path.relpath(built, synthetic_dir))
+    shutil.copytree(built, copy)
+    (shard,) = glob.glob(os.path.join(copy, "*-train.tfrecord-*"))
+    data = open(shard, "rb").read()
+    # TFRecord framing, read independently: uint64 length, 4-byte CRC, data, 4-byte CRC.
+    first = 12 + int.from_bytes(data[:8], "little") + 4
+    if damage == "missing":
+      os.remove(shard)
+      problem = r"is missing"
+    else:
+      with open(shard, "wb") as f:
+        f.write(data[:first + 20] if damage == "cut inside a record" else data[:first])
+      problem = (r"record 1 at byte %d needs" % first if damage == "cut inside a record"
+                 else r"it holds 1 records but the dataset lists 6")
+    cfg = data_config(data_dir=data_dir, synthetic=TINY_SYNTHETIC)
+    with pytest.raises(OSError, match=rf"(?s)synthetic dataset at {copy} is damaged.*"
+                       rf"{shard}.*{problem}.*Delete {copy}; it is rebuilt"):
+      pipeline.make_train_iterator(cfg, 2, 0, 1)
+    with pytest.raises(OSError, match="damaged"):
+      next(pipeline.eval_videos(cfg))
+
+
+def test_empty_data_dir_says_how_to_convert(data_config, tmp_path):
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  with pytest.raises(FileNotFoundError, match=rf"(?s){empty}/davis17/1.0.0 does not exist.*"
+                     r"python tools/convert_davis.py --root .* --out " + str(empty)):
+    pipeline.make_train_iterator(data_config(name="davis17", data_dir=str(empty)), 2, 0, 1)
+  (empty / "davis17" / "1.0.0").mkdir(parents=True)  # a conversion killed before its index
+  (empty / "davis17" / "1.0.0" / "dataset_info.json").write_text("{}")
+  with pytest.raises(FileNotFoundError, match=r"is incomplete \(interrupted conversion\?\)"):
+    next(pipeline.eval_videos(data_config(name="davis17", data_dir=str(empty))))

@@ -227,3 +227,79 @@ def test_merge_probability_schedule_and_bernoulli():
 def test_unknown_backend_raises():
   with pytest.raises(ValueError, match="device"):
     merging.merge_slots(jnp.ones((1, 3, 2)), jnp.ones((1, 3, 4)), backend="gpu")
+
+
+# ----------------------------------------------------------------------------------------------
+# Hypothesis properties (device backend, one shape so that each function compiles once).
+# ----------------------------------------------------------------------------------------------
+from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+K_PROP, D_PROP = 7, 3
+
+
+@st.composite
+def slot_sets(draw):
+  """(K, D) slots, no zero row; coarse grid values give exact duplicates, scaled copies and
+  tied distances, free floats give everything in between."""
+  value = st.one_of(st.sampled_from([-1.0, -0.5, 0.0, 0.5, 1.0]),
+                    st.floats(-1, 1, width=32, allow_subnormal=False))
+  x = draw(hnp.arrays(np.float32, (K_PROP, D_PROP), elements=value))
+  norms = np.linalg.norm(x.astype(np.float64), axis=1)
+  x[norms < 1e-2, 0] = 1.0  # cosine distance needs a direction
+  return x
+
+
+@functools.lru_cache(maxsize=None)
+def jitted_threshold(fn):
+  return jax.jit(lambda *args: fn(*args[:-1], threshold=args[-1], backend="device"))
+
+
+def _cos_dist64(x):
+  x = x.astype(np.float64)
+  x = x / np.linalg.norm(x, axis=1, keepdims=True)
+  return 1.0 - x @ x.T
+
+
+@settings(max_examples=80, deadline=None)
+@given(slot_sets(), hnp.arrays(np.float32, (K_PROP, N_TOK), elements=st.floats(0.01, 1.0)),
+       st.floats(0.01, 1.5))
+def test_property_merge_is_a_valid_partition(slots, attn, threshold):
+  attn = attn / attn.sum(-1, keepdims=True)
+  rep = np.asarray(jitted_threshold(merging.cluster_slots)(slots[None], np.float32(threshold)))[0]
+  merged, merged_attn, valid = (np.asarray(a)[0] for a in jitted_threshold(merging.merge_slots)(
+      slots[None], attn[None], np.float32(threshold)))
+  # The representatives label a partition: each cluster is named by its lowest member.
+  clusters = {}
+  for i, r in enumerate(rep):
+    clusters.setdefault(int(r), []).append(i)
+  for r, members in clusters.items():
+    assert rep[r] == r and min(members) == r
+  # Complete linkage: every pair inside a cluster is closer than the threshold.
+  dist = _cos_dist64(slots)
+  for members in clusters.values():
+    assert dist[np.ix_(members, members)].max() < threshold + 1e-5
+  # Output rows: one per cluster (all K kept when <= 2 clusters), valid rows first.
+  groups = sorted(clusters.values()) if len(clusters) > 2 else [[i] for i in range(K_PROP)]
+  n = len(groups)
+  np.testing.assert_array_equal(valid, np.arange(K_PROP) < n)
+  for row, members in enumerate(groups):
+    np.testing.assert_allclose(merged[row], slots[members].mean(0), rtol=1e-5, atol=1e-6)
+    expected = attn[members].astype(np.float64).sum(0)
+    np.testing.assert_allclose(merged_attn[row], expected / expected.sum(), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(merged_attn[:n].sum(-1), 1.0, rtol=1e-5)
+  assert not merged[n:].any() and not merged_attn[n:].any()
+
+
+@settings(max_examples=80, deadline=None)
+@given(slot_sets(), st.floats(0.0, 2.0), st.floats(0.0, 2.0))
+def test_property_higher_threshold_never_gives_more_clusters(slots, t1, t2):
+  lo, hi = sorted((t1, t2))
+  cluster = jitted_threshold(merging.cluster_slots)
+  rep_lo, rep_hi = (np.asarray(cluster(slots[None], np.float32(t)))[0] for t in (lo, hi))
+  assert len(set(rep_hi.tolist())) <= len(set(rep_lo.tolist()))
+  # Stronger: the coarser partition is a union of the finer one's clusters.
+  for i in range(K_PROP):
+    for j in range(K_PROP):
+      if rep_lo[i] == rep_lo[j]:
+        assert rep_hi[i] == rep_hi[j]
