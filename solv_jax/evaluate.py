@@ -25,7 +25,7 @@ class VideoSegmenter:
   """Jit-compiled per-frame and per-window functions of a trained SOLV model."""
 
   def __init__(self, model: SOLV, params: dict, batch_windows: int = 16, frame_chunk: int = 16):
-    self.model, self.params = model, params
+    self.model, self.params = model, jax.device_put(params)  # to the device once
     self.batch_windows, self.frame_chunk = batch_windows, frame_chunk
     self.n = model.num_frames // 2
     self.grid_hw = model.grid_hw

@@ -1,0 +1,205 @@
+"""Tests of `python -m solv_jax.segment` (solv_jax/segment.py) on a short synthetic clip.
+
+The model is the tiny config (tests/tiny.py) at its seeded initialisation, saved as a workdir
+checkpoint (as train.py leaves one) and as an export .npz (export.save_export, DINOv2 inside).
+The command's masks are checked against the evaluation protocol run here directly
+(preprocess_frames -> VideoSegmenter -> masks_to_ids at the clip's size), its summary against
+counts taken from the PNGs with numpy, its GIF/MP4 by reading them back with PIL/imageio, and
+its inputs' RGB conversion against PIL's own `convert("RGB")`.
+"""
+import json
+import os
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+from PIL import Image, ImageSequence
+
+from solv_jax import checkpoints, evaluate, export, metrics, segment, train
+from solv_jax.data import pipeline, synthetic
+from solv_jax.models.solv import build_model
+from tests.tiny import tiny_config
+
+T, H, W = 6, 40, 62  # native clip size, deliberately not the model's 42x56 (and W even, H even)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+  """(workdir, export path, reference segmenter, config) of the tiny model."""
+  root = tmp_path_factory.mktemp("model")
+  config = tiny_config()
+  config.eval.batch_windows = 4
+  net = build_model(config)
+  state = train.create_train_state(config, net, train.make_optimizer(config.train))
+  workdir = str(root / "run")
+  export.save_config(workdir, config)
+  ckpt = checkpoints.Checkpoints(workdir, async_save=False)
+  ckpt.save(3, state, {}, force=True)
+  ckpt.close()
+  encoder = train.encoder_params(config, net)
+  npz = str(root / "model.npz")  # what tools/export_numpy.py writes (tested in test_main.py)
+  export.save_export(npz, config, state.params, encoder)
+  params = {**state.params, "encoder": encoder}
+  reference = evaluate.VideoSegmenter(net, params, batch_windows=4)
+  return workdir, npz, reference, config
+
+
+@pytest.fixture(scope="module")
+def clip():
+  cfg = synthetic.SyntheticConfig(num_frames=T, height=H, width=W, min_objects=2, max_objects=3)
+  frames, _ = synthetic.generate_video(cfg, np.random.default_rng(7))
+  return frames  # (T, H, W, 3) uint8
+
+
+def _reference_ids(model, frames):
+  _, _, reference, config = model
+  out = reference(pipeline.preprocess_frames(frames, tuple(config.data.resolution)))
+  return metrics.masks_to_ids(out["masks"], out["track_ids"], out_hw=frames.shape[1:3])
+
+
+def _read_masks(out_dir):
+  names = sorted(os.listdir(os.path.join(out_dir, "masks")))
+  return names, np.stack([np.asarray(Image.open(os.path.join(out_dir, "masks", n)))
+                          for n in names])
+
+
+def _check_outputs(out_dir, num_frames, hw):
+  """PNG count and size, summary consistent with the PNGs, GIF frames; -> (ids, summary)."""
+  names, ids = _read_masks(out_dir)
+  assert names == [f"{t:06d}.png" for t in range(num_frames)]
+  assert ids.shape == (num_frames, *hw)
+  with open(os.path.join(out_dir, "summary.json")) as f:
+    summary = json.load(f)
+  assert summary["input"]["num_frames"] == num_frames
+  assert (summary["input"]["height"], summary["input"]["width"]) == hw
+  seen = np.unique(ids)
+  assert [o["id"] for o in summary["objects"]] == seen.tolist()
+  assert summary["num_objects"] == len(seen)
+  for o in summary["objects"]:
+    frames_with = [t for t in range(num_frames) if (ids[t] == o["id"]).any()]
+    assert o["frames"] == frames_with and o["num_frames"] == len(frames_with)
+    assert o["pixels"] == int((ids == o["id"]).sum())
+  for t, row in enumerate(summary["frames"]):
+    values, counts = np.unique(ids[t], return_counts=True)
+    assert row["pixels"] == {str(v): int(c) for v, c in zip(values, counts)}
+  with Image.open(os.path.join(out_dir, "masks", names[0])) as png:
+    assert png.mode == "P"  # ids < 256: 8-bit palette PNGs
+  with Image.open(os.path.join(out_dir, "overlay.gif")) as gif:
+    assert gif.size == (hw[1], hw[0])  # below GIF_MAX_SIDE: native size
+    assert sum(1 for _ in ImageSequence.Iterator(gif)) == num_frames
+  return ids, summary
+
+
+def test_frame_folder_from_workdir_matches_the_evaluation_protocol(model, clip, tmp_path):
+  workdir = model[0]
+  folder = tmp_path / "frames"
+  folder.mkdir()
+  order = [f"img{2 * t}.png" for t in range(T)]  # img10 sorts after img8 (names as numbers)
+  for name, frame in zip(order, clip):
+    Image.fromarray(frame).save(folder / name)
+  (folder / "notes.txt").write_text("not a frame")
+  out = str(tmp_path / "out")
+  assert segment.main([f"--checkpoint={workdir}", f"--video={folder}", f"--out={out}"]) == 0
+  ids, summary = _check_outputs(out, T, (H, W))
+  np.testing.assert_array_equal(ids, _reference_ids(model, clip))
+  assert summary["input"]["kind"] == "frames" and summary["input"]["frame_files"] == order
+  assert summary["model"]["kind"] == "workdir" and summary["model"]["step"] == 3
+  mp4 = iio.imread(os.path.join(out, "overlay.mp4"))
+  assert mp4.shape == (T, H, W, 3)
+
+
+def test_gif_and_mp4_files_from_export(model, clip, tmp_path):
+  _, npz, _, _ = model
+  gif = str(tmp_path / "clip.gif")
+  iio.imwrite(gif, clip, duration=100, loop=0)  # 10 fps (GIF stores centiseconds)
+  out = str(tmp_path / "gif_out")
+  assert segment.main(["--checkpoint", npz, "--video", gif, "--out", out]) == 0
+  ids, summary = _check_outputs(out, T, (H, W))
+  np.testing.assert_array_equal(ids, _reference_ids(model, iio.imread(gif)[..., :3]))
+  assert summary["input"]["kind"] == "video" and summary["fps"] == pytest.approx(10.0)
+
+  mp4 = str(tmp_path / "clip.mp4")
+  iio.imwrite(mp4, clip, fps=5, macro_block_size=1)
+  out = str(tmp_path / "mp4_out")
+  os.makedirs(os.path.join(out, "masks"))
+  Image.fromarray(np.zeros((2, 2), np.uint8)).save(os.path.join(out, "masks", "000009.png"))
+  assert segment.main(["--checkpoint", npz, "--video", mp4, "--out", out, "--max_frames=4"]) == 0
+  ids, summary = _check_outputs(out, 4, (H, W))  # the stale 000009.png is gone
+  np.testing.assert_array_equal(ids, _reference_ids(model, iio.imread(mp4)[:4]))
+  assert summary["fps"] == pytest.approx(5.0)
+
+
+def test_frames_are_converted_to_rgb_like_pil(tmp_path):
+  rng = np.random.default_rng(0)
+  rgb = rng.integers(0, 256, (8, 10, 3), dtype=np.uint8)
+  images = {
+      "0.png": Image.fromarray(rgb[..., 0]),                        # L
+      "1.png": Image.fromarray(np.dstack([rgb, rgb[..., :1]])),      # RGBA
+      "2.png": Image.fromarray(rgb).quantize(16),                   # P
+      "3.jpg": Image.fromarray(rgb),                                # RGB (lossy)
+      "4.png": Image.fromarray(np.dstack([rgb[..., 1]] * 2)),       # grey + alpha
+  }
+  for name, image in images.items():
+    image.save(tmp_path / name)
+  video = segment.read_video(str(tmp_path))
+  assert video.frames.shape == (5, 8, 10, 3) and video.frames.dtype == np.uint8
+  for t, name in enumerate(images):
+    with Image.open(tmp_path / name) as im:
+      expected = np.asarray(im.convert("RGB"))
+    np.testing.assert_array_equal(video.frames[t], expected, err_msg=name)
+  sixteen = (rgb[..., 0].astype(np.uint16) * 257)
+  np.testing.assert_array_equal(segment.to_rgb(sixteen, "x"), np.dstack([rgb[..., 0]] * 3))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "does not exist"),
+    ("empty_folder", "folder without frames"),
+    ("no_frames_folder", "folder without frames"),
+    ("mixed_sizes", "mixes frame sizes"),
+    ("corrupt_mp4", "unreadable or corrupt"),
+    ("corrupt_gif", "unreadable or corrupt"),
+    ("corrupt_frame", "Cannot read frame"),
+])
+def test_bad_videos_fail_naming_the_path(case, message, tmp_path, capsys):
+  path = tmp_path / case
+  if case in ("empty_folder", "no_frames_folder", "mixed_sizes", "corrupt_frame"):
+    path.mkdir()
+  if case == "no_frames_folder":
+    (path / "readme.md").write_text("x")
+  if case == "mixed_sizes":
+    Image.new("RGB", (10, 8)).save(path / "a.png")
+    Image.new("RGB", (12, 8)).save(path / "b.png")
+  if case == "corrupt_frame":
+    (path / "0.png").write_bytes(b"\x89PNG not really")
+  if case.startswith("corrupt_") and case != "corrupt_frame":
+    path = tmp_path / f"clip.{case.split('_')[1]}"
+    path.write_bytes(b"garbage" * 20)
+  rc = segment.main(["--checkpoint", str(tmp_path), "--video", str(path),
+                     "--out", str(tmp_path / "out")])
+  err = capsys.readouterr().err
+  assert rc == 1 and message in err and str(path) in err, err
+  with pytest.raises(segment.SegmentError, match=message):
+    segment.read_video(str(path))
+
+
+def test_bad_checkpoints_fail_clearly(model, clip, tmp_path, capsys):
+  workdir, _, _, config = model
+  folder = tmp_path / "frames"
+  folder.mkdir()
+  Image.fromarray(clip[0]).save(folder / "0.png")
+  cases = [
+      (str(tmp_path / "nope"), [], "does not exist"),
+      (str(folder), [], "config.json"),  # a folder that is not a workdir
+      (workdir, ["--resolution=84,112"], "trained at"),
+  ]
+  bad = tmp_path / "bad.npz"
+  bad.write_bytes(b"not an npz")
+  cases.append((str(bad), [], "Cannot read export"))
+  for checkpoint, extra, message in cases:
+    rc = segment.main(["--checkpoint", checkpoint, "--video", str(folder),
+                       "--out", str(tmp_path / "out"), *extra])
+    err = capsys.readouterr().err
+    assert rc == 1 and message in err and checkpoint in err, (checkpoint, err)
+  # The trained resolution itself is accepted.
+  h, w = config.data.resolution
+  assert segment.load_model(workdir, (h, w)).info["resolution"] == [h, w]
