@@ -1,0 +1,165 @@
+"""A k-means baseline on the frozen encoder's features, scored with the SOLV protocol.
+
+Per frame: k-means of the full-token DINOv2 features (N, D) with the ORACLE number of segments,
+i.e. the number of ground-truth objects visible in that frame plus one for the background.
+Across frames: the clusters' mean features play the role of slots and are tracked with the
+model's own tracker (`metrics.track_slots`: Hungarian matching on cosine similarity between
+consecutive frames). Masks: one-hot cluster masks on the token grid, upsampled and argmaxed
+like the model's (`metrics.masks_to_ids`), then scored by `metrics.evaluate_video`.
+
+Whatever the model gains over this number comes from binding, not from the features alone:
+the model is not told how many objects a frame has.
+
+  python -m solv_jax.baselines --config=configs/demo.py [--config.data.eval_max_videos=5]
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Iterable
+
+import numpy as np
+
+from solv_jax import metrics
+
+
+def kmeans(x: np.ndarray, k: int, *, seed: int = 0, n_init: int = 4, max_iter: int = 100,
+           tol: float = 1e-6) -> tuple[np.ndarray, np.ndarray, float]:
+  """Lloyd's k-means with greedy k-means++ seeding; the best of n_init runs by inertia.
+
+  Args:
+    x: (N, D) float points.
+    k: number of clusters (clipped to the number of distinct points).
+  Returns:
+    labels (N,) int in [0, k), centres (k, D) float64, inertia (sum of squared distances).
+  """
+  x = np.asarray(x, np.float64)
+  n = x.shape[0]
+  k = int(min(k, len(np.unique(x, axis=0))))
+  if k < 1:
+    raise ValueError(f"kmeans needs k >= 1 and at least one point, got k={k}, N={n}.")
+  rng = np.random.default_rng(seed)
+  sq = np.einsum("nd,nd->n", x, x)
+
+  def dist2(c):  # (N, k) squared distances, clipped at 0 against rounding
+    return np.maximum(sq[:, None] - 2.0 * x @ c.T + np.einsum("kd,kd->k", c, c)[None], 0.0)
+
+  def seeding():
+    trials = 2 + int(np.log(k))
+    centres = [x[rng.integers(n)]]
+    closest = dist2(np.asarray(centres))[:, 0]
+    for _ in range(1, k):
+      total = closest.sum()
+      if total <= 0:  # every point sits on a centre already
+        cand = rng.integers(n, size=trials)
+      else:
+        cand = np.searchsorted(np.cumsum(closest), rng.uniform(size=trials) * total)
+        cand = np.minimum(cand, n - 1)
+      cand_d = np.minimum(closest[:, None], dist2(x[cand]))  # (N, trials)
+      best = int(np.argmin(cand_d.sum(axis=0)))
+      centres.append(x[cand[best]])
+      closest = cand_d[:, best]
+    return np.asarray(centres)
+
+  best = None
+  for _ in range(n_init):
+    centres = seeding()
+    for _ in range(max_iter):
+      labels = np.argmin(dist2(centres), axis=1)
+      new = centres.copy()
+      for j in range(k):
+        members = labels == j
+        if members.any():
+          new[j] = x[members].mean(axis=0)
+        else:  # an empty cluster restarts at the point farthest from its centre
+          far = int(np.argmax(dist2(new)[np.arange(n), labels]))
+          new[j] = x[far]
+          labels[far] = j
+      shift = float(np.sum((new - centres) ** 2))
+      centres = new
+      if shift <= tol * float(np.mean(np.var(x, axis=0)) + 1e-30):
+        break
+    labels = np.argmin(dist2(centres), axis=1)
+    inertia = float(dist2(centres)[np.arange(n), labels].sum())
+    if best is None or inertia < best[2]:
+      best = (labels, centres, inertia)
+  return best
+
+
+def kmeans_segment_video(features: np.ndarray, num_segments: Iterable[int],
+                         grid_hw: tuple[int, int], out_hw: tuple[int, int], *,
+                         seed: int = 0, n_init: int = 4) -> np.ndarray:
+  """Per-frame k-means of token features, tracked across frames, as per-pixel ids.
+
+  Args:
+    features: (T, N, D) full-token features of each frame, N = h * w row-major.
+    num_segments: T ints, the number of clusters per frame (oracle objects + background).
+    grid_hw: (h, w) token grid.
+    out_hw: (H, W) resolution of the returned ids.
+  Returns:
+    (T, H, W) int32 track ids.
+  """
+  features = np.asarray(features, np.float64)
+  t, n, d = features.shape
+  counts = [int(c) for c in num_segments]
+  k_max = max(counts)
+  centres = np.zeros((t, k_max, d))
+  valid = np.zeros((t, k_max), bool)
+  masks = np.zeros((t, k_max, n), np.float32)
+  for i in range(t):
+    labels, c, _ = kmeans(features[i], counts[i], seed=seed + i, n_init=n_init)
+    centres[i, :len(c)], valid[i, :len(c)] = c, True
+    masks[i, labels, np.arange(n)] = 1.0
+  track_ids = metrics.track_slots(centres, valid)
+  return metrics.masks_to_ids(masks.reshape(t, k_max, *grid_hw), track_ids, out_hw=out_hw)
+
+
+def oracle_num_segments(gt: np.ndarray) -> np.ndarray:
+  """(T,) number of ground-truth objects visible in each frame, plus one for the background."""
+  return np.array([int(np.sum(np.unique(f) > 0)) + 1 for f in np.asarray(gt)])
+
+
+def evaluate_kmeans(config, *, max_videos: int | None = None, seed: int = 0,
+                    n_init: int = 4) -> dict:
+  """The baseline over the evaluation split with config's (random or converted) encoder."""
+  import jax
+  from solv_jax import train
+  from solv_jax.data import pipeline
+  from solv_jax.models.solv import SOLV, build_model
+
+  model = build_model(config)
+  params = {"encoder": train.encoder_params(config, model)}
+  encode = jax.jit(lambda p, f: model.apply({"params": p}, f, method=SOLV.encode))
+  acc = metrics.MetricAccumulator()
+  for video in pipeline.eval_videos(config, max_videos=max_videos):
+    if not video.get("has_annotations", True):
+      continue
+    frames = np.asarray(pipeline.preprocess_frames(video["video"],
+                                                   tuple(config.data.resolution)))
+    feats = np.concatenate([np.asarray(encode(params, frames[s:s + 8]))
+                            for s in range(0, len(frames), 8)])
+    gt = np.asarray(video["segmentations"])
+    pred = kmeans_segment_video(feats, oracle_num_segments(gt), model.grid_hw, gt.shape[1:3],
+                                seed=seed, n_init=n_init)
+    acc.update(pred, gt)
+  return acc.compute()
+
+
+def main(argv):
+  from absl import flags
+  config = flags.FLAGS.config
+  results = evaluate_kmeans(config, max_videos=config.data.eval_max_videos or None)
+  print(json.dumps(results), flush=True)
+  if flags.FLAGS.out:
+    os.makedirs(os.path.dirname(flags.FLAGS.out) or ".", exist_ok=True)
+    with open(flags.FLAGS.out, "w") as f:
+      json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", "configs/demo.py", "Config file.")
+  flags.DEFINE_string("out", "", "Also write the results as JSON here.")
+  app.run(main)
