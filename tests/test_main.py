@@ -10,7 +10,7 @@ import pytest
 from solv_jax import evaluate, export, main, train
 from solv_jax.data import pipeline
 from solv_jax.models.solv import build_model
-from tests.tiny import tiny_config
+from tests import tiny
 from tools import export_numpy
 
 
@@ -20,17 +20,10 @@ def data_dir(tmp_path_factory):
 
 
 def _config(data_dir, **train_overrides):
-  config = tiny_config()
-  config.data.name = config.data.tfds_name = "synthetic"
+  config = tiny.get_config()  # the tiny synthetic run, a bit larger here
   config.data.data_dir = data_dir
-  config.data.eval_split = "validation"
-  config.data.shuffle_buffer = 8
-  config.data.synthetic.update(dict(num_train=6, num_validation=2, num_frames=6, height=48,
-                                    width=64, max_objects=3))
+  config.data.synthetic.update(dict(num_train=6, num_validation=2, height=48, width=64))
   config.train.batch_size = 4
-  config.train.num_steps = 6
-  config.train.log_every = 1
-  config.train.checkpoint_every = 2
   config.eval.num_visualize = 1
   config.eval.batch_windows = 4
   for k, v in train_overrides.items():
