@@ -168,9 +168,6 @@ def init_trainable(model: SOLV, rng) -> dict:
   h, w = model.resolution
   video = jnp.zeros((1, model.num_frames, h, w, 3), jnp.float32)
   mask = jnp.ones((1, model.num_frames), bool)
-  shapes = jax.eval_shape(functools.partial(model.init, train=False), rng, video, mask)
-  del shapes  # (validates the config's shapes cheaply before the real init)
-
   def init(rng):
     params = model.init(rng, video, mask, train=False)["params"]
     return {k: v for k, v in params.items() if k != "encoder"}

@@ -304,20 +304,28 @@ def ytvis_jobs(root: str, split: str) -> list[VideoJob]:
   return jobs
 
 
+def _convert(source: str, root: str, out: str, splits: Sequence[str],
+             known: Sequence[str], jobs_fn, jpeg_quality: int, workers: int | None,
+             overwrite: bool, description: str) -> str:
+  """Shared driver of the converters: checks splits and root, then writes out/<source>."""
+  label = {"ytvis19": "YTVIS", "davis17": "DAVIS"}[source]
+  for s in splits:
+    if s not in known:
+      raise ValueError(f"Unknown {label} split {s!r}; choose from {known}.")
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f"{label} root {root} does not exist.")
+  fingerprint = {"source": source, "splits": list(splits),
+                 "jpeg_quality": jpeg_quality, "format": FORMAT_VERSION}
+  return _write(source, out, lambda s: jobs_fn(root, s), splits, fingerprint,
+                jpeg_quality, workers, overwrite, description)
+
+
 def convert_ytvis(root: str, out: str, splits: Sequence[str] = YTVIS_SPLITS,
                   jpeg_quality: int = 95, workers: int | None = None,
                   overwrite: bool = False) -> str:
   """Converts YTVIS19 at `root` into the TFDS dataset `out/ytvis19/1.0.0`."""
-  for s in splits:
-    if s not in YTVIS_SPLITS:
-      raise ValueError(f"Unknown YTVIS split {s!r}; choose from {YTVIS_SPLITS}.")
-  if not os.path.isdir(root):
-    raise FileNotFoundError(f"YTVIS root {root} does not exist.")
-  fingerprint = {"source": "ytvis19", "splits": list(splits),
-                 "jpeg_quality": jpeg_quality, "format": FORMAT_VERSION}
-  return _write("ytvis19", out, lambda s: ytvis_jobs(root, s), splits,
-                fingerprint, jpeg_quality, workers, overwrite,
-                "YouTube-VIS 2019 converted by solv_jax")
+  return _convert("ytvis19", root, out, splits, YTVIS_SPLITS, ytvis_jobs, jpeg_quality,
+                  workers, overwrite, "YouTube-VIS 2019 converted by solv_jax")
 
 
 # ----------------------------------------------------------------------------
@@ -360,16 +368,8 @@ def convert_davis(root: str, out: str, splits: Sequence[str] = DAVIS_SPLITS,
                   jpeg_quality: int = 95, workers: int | None = None,
                   overwrite: bool = False) -> str:
   """Converts DAVIS17 (480p) at `root` into `out/davis17/1.0.0`."""
-  for s in splits:
-    if s not in DAVIS_SPLITS:
-      raise ValueError(f"Unknown DAVIS split {s!r}; choose from {DAVIS_SPLITS}.")
-  if not os.path.isdir(root):
-    raise FileNotFoundError(f"DAVIS root {root} does not exist.")
-  fingerprint = {"source": "davis17", "splits": list(splits),
-                 "jpeg_quality": jpeg_quality, "format": FORMAT_VERSION}
-  return _write("davis17", out, lambda s: davis_jobs(root, s), splits,
-                fingerprint, jpeg_quality, workers, overwrite,
-                "DAVIS 2017 (480p) converted by solv_jax")
+  return _convert("davis17", root, out, splits, DAVIS_SPLITS, davis_jobs, jpeg_quality,
+                  workers, overwrite, "DAVIS 2017 (480p) converted by solv_jax")
 
 
 # ----------------------------------------------------------------------------
