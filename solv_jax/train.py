@@ -5,7 +5,6 @@ the checkpoints only ever see the trainable params (STYLE.md).
 """
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
