@@ -51,6 +51,7 @@ def get_config(arg=None):
       encoder="vitb14",
       encoder_weights="",        # converted params file (tools/convert_dinov2.py); '' = random
       encoder_dtype="float32",   # float32 | bfloat16 (DINOv2 forward only)
+      encoder_blocks=0,          # 0 = all blocks (paper); L = use block L's tokens
       num_slots=8,
       slot_dim=128,
       slot_iters=3,
@@ -87,6 +88,7 @@ def get_config(arg=None):
 
   config.eval = ml_collections.ConfigDict(dict(
       num_visualize=4,           # videos with PNG strips and GIFs under WORKDIR/eval/
+      untrained=False,           # also evaluate the step-0 model, into WORKDIR/eval_step0/
       batch_windows=16,          # windows decoded per device call
   ))
 

@@ -86,6 +86,11 @@ def validate_config(config) -> None:
         f"not a DINOv2 variant; choose one of {sorted(dinov2.VARIANTS)}.")
   check(m.encoder_dtype in ("float32", "bfloat16"), "model.encoder_dtype", m.encoder_dtype,
         "must be 'float32' or 'bfloat16'.")
+  if m.encoder in dinov2.VARIANTS:
+    depth = dinov2.VARIANTS[m.encoder]["depth"]
+    blocks = m.get("encoder_blocks", 0)
+    check(0 <= blocks <= depth, "model.encoder_blocks", blocks,
+          f"must be 0 (all blocks) or 1..{depth} for {m.encoder}.")
   check(m.num_slots >= 1, "model.num_slots", m.num_slots,
         "needs at least 1 slot (8 for YTVIS, 18 for MOVi-E in the paper).")
   check(m.slot_iters >= 1, "model.slot_iters", m.slot_iters, "needs >= 1 iteration (3).")

@@ -149,6 +149,8 @@ def test_bad_configs_fail_before_anything_is_built(tmp_path):
            ("model", "token_drop", -0.1, r"token_drop = -0.1: .* must be in \[0, 1\)"),
            ("model", "token_drop", 0.95, r"keeps no token of the 12 at resolution \(42, 56\)"),
            ("model", "num_slots", 0, r"num_slots = 0: needs at least 1 slot"),
+           ("model", "encoder_blocks", 13, r"encoder_blocks = 13: must be 0 \(all blocks\) "
+            r"or 1..12 for vits14"),
            ("model", "encoder", "vitx14", r"encoder = 'vitx14': not a DINOv2 variant"),
            ("model", "temporal_heads", 3, r"temporal_heads = 3: must divide "
             r"config.model.slot_dim = 16"),

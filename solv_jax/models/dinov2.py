@@ -211,10 +211,13 @@ class DINOv2(nn.Module):
 
   Returns (tokens (B, N', D) float32, keep_idx (B, N') int32): the last block's patch tokens
   (CLS and registers removed) without the final LayerNorm unless `normed=True`.
+  `num_blocks` > 0 runs only the first num_blocks transformer blocks (intermediate-layer
+  features); 0 runs all of them. Params of the skipped blocks may be present and are unused.
   """
   variant: Any = "vitb14"
   dtype: Any = jnp.float32
   layerscale_init: float = 1e-5
+  num_blocks: int = 0
 
   @nn.compact
   def __call__(self, images, keep_idx=None, *, drop_ratio: float = 0.0, normed: bool = False):
@@ -257,7 +260,11 @@ class DINOv2(nn.Module):
       prefix.append(reg.astype(self.dtype).repeat(b, axis=0))
     x = jnp.concatenate(prefix + [x], axis=1)  # (B, 1 + R + N', D)
 
-    for i in range(cfg["depth"]):
+    depth = cfg["depth"]
+    if not 0 <= self.num_blocks <= depth:
+      raise ValueError(f"num_blocks must be in [0, {depth}] for {self.variant}, "
+                       f"got {self.num_blocks}.")
+    for i in range(self.num_blocks or depth):
       x = Block(cfg["num_heads"], cfg["ffn"], self.layerscale_init, self.dtype,
                 name=f"blocks_{i}")(x)
     if normed:

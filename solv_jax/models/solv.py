@@ -38,6 +38,7 @@ class SOLV(nn.Module):
   num_frames: int = 5  # F = 2n + 1
   encoder_variant: Any = "vitb14"  # DINOv2 variant name (or a sizes dict, for tests)
   encoder_dtype: Any = "float32"
+  encoder_blocks: int = 0  # 0 = all DINOv2 blocks; L > 0 = features of block L
   num_slots: int = 8
   slot_dim: int = 128
   slot_iters: int = 3
@@ -61,7 +62,8 @@ class SOLV(nn.Module):
     c = model_config
     kwargs = dict(
         resolution=tuple(int(r) for r in resolution), num_frames=int(num_frames),
-        encoder_variant=c.encoder, encoder_dtype=c.encoder_dtype, num_slots=c.num_slots,
+        encoder_variant=c.encoder, encoder_dtype=c.encoder_dtype,
+        encoder_blocks=int(c.get("encoder_blocks", 0)), num_slots=c.num_slots,
         slot_dim=c.slot_dim, slot_iters=c.slot_iters, token_drop=c.token_drop,
         spatial_binding_type=c.spatial_binding, use_temporal_binding=bool(c.temporal_binding),
         use_merge=bool(c.merge), merge_threshold=c.merge_threshold,
@@ -90,7 +92,8 @@ class SOLV(nn.Module):
       raise ValueError(f"config.model.decoder_layers counts all Dense layers of the decoder "
                        f"(5 in the paper) and must be >= 2, got {self.decoder_layers}.")
     gh, gw = self.grid_hw
-    self.encoder = DINOv2(self.encoder_variant, dtype=jnp.dtype(self.encoder_dtype))
+    self.encoder = DINOv2(self.encoder_variant, dtype=jnp.dtype(self.encoder_dtype),
+                          num_blocks=self.encoder_blocks)
     self.spatial_binding = build_spatial_binding(
         self.spatial_binding_type, num_slots=self.num_slots, grid_hw=(gh, gw),
         slot_dim=self.slot_dim, iters=self.slot_iters, delta=self.delta,

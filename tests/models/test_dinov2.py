@@ -186,3 +186,36 @@ def test_variant_shapes_match_huggingface(name, dim, depth, heads):
   for key, shape in hf.items():
     assert ours[key] == shape
   assert ours["blocks_0/attn/qkv/kernel"] == (dim, 3 * dim)
+
+
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_num_blocks_gives_that_blocks_tokens_like_huggingface_hidden_states(blocks):
+  variant = dict(TINY, depth=3)
+  model = hf_model(variant)
+  params = dinov2.convert_state_dict(hf_state_dict(model), variant)
+  images = _images(2, 56, 56)
+  x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+  with torch.no_grad():
+    ref = model(pixel_values=x, output_hidden_states=True).hidden_states[blocks][:, 1:].numpy()
+  out, _ = dinov2.DINOv2(variant, num_blocks=blocks).apply({"params": params},
+                                                          jnp.asarray(images))
+  assert rel_err(out, ref) <= 1e-5
+  full, _ = _ours(variant, params, images)
+  assert rel_err(out, full) > 1e-2  # LayerScale randomised here: the later blocks matter
+
+
+def test_random_init_blocks_change_tokens_by_layerscale_only():
+  """The demo's premise (configs/demo.py): with the official LayerScale 1e-5 init, block 1's
+  tokens equal all 12 blocks' to ~1e-5 relative, so running one block loses nothing."""
+  params = dinov2.init_params("vits14", jax.random.key(1), (14, 14))
+  images = jnp.asarray(_images(2, 56, 56))
+  full, _ = dinov2.DINOv2("vits14").apply({"params": params}, images)
+  first, _ = dinov2.DINOv2("vits14", num_blocks=1).apply({"params": params}, images)
+  assert 1e-7 < rel_err(first, full) < 1e-4
+
+
+def test_num_blocks_out_of_range_is_a_clear_error():
+  params = dinov2.init_params(TINY, jax.random.key(0), (28, 28))
+  with pytest.raises(ValueError, match="num_blocks must be in"):
+    dinov2.DINOv2(TINY, num_blocks=TINY["depth"] + 1).apply({"params": params},
+                                                           jnp.zeros((1, 28, 28, 3)))
