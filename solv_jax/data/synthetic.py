@@ -28,8 +28,6 @@ from typing import Any
 
 import numpy as np
 
-from solv_jax.data import records
-
 SPLITS = ("train", "validation")
 FORMAT_VERSION = 1
 
@@ -267,6 +265,7 @@ def video_rng(cfg: SyntheticConfig, split: str, index: int) -> np.random.Generat
 
 
 def _example(cfg, split, index):
+  from solv_jax.data import records  # TFDS; generating videos needs only numpy
   frames, ids = generate_video(cfg, video_rng(cfg, split, index))
   present = np.unique(ids)
   return {
@@ -286,6 +285,7 @@ def _example(cfg, split, index):
 
 def build(cfg: SyntheticConfig, data_dir: str, overwrite: bool = False) -> str:
   """Builds (once) the dataset for `cfg` under data_dir/synthetic/<tag>/1.0.0."""
+  from solv_jax.data import records
   os.makedirs(os.path.join(data_dir, "synthetic"), exist_ok=True)
   lock_path = os.path.join(data_dir, "synthetic", f".{cfg.tag()}.lock")
   with open(lock_path, "w") as lock:
