@@ -3,10 +3,20 @@
   python -m solv_jax.main --config=configs/demo.py
 
 Builds the synthetic dataset on first use (config.data.data_dir, default
-~/tensorflow_datasets), trains, evaluates on held-out videos and writes masks under
-workdir/demo/eval/. DINOv2 is RANDOMLY initialised here (official init, LayerScale 1e-5), so
-no weights are needed; set --config.model.encoder_weights to use converted ones.
+~/tensorflow_datasets), evaluates the untrained model, trains, evaluates on held-out videos
+and writes masks under workdir/demo/eval/ (step 0 under workdir/demo/eval_step0/).
 Arguments as in configs/base.py (e.g. configs/demo.py:model=A for Table 3's model A).
+
+DINOv2 is RANDOMLY initialised here (official init, LayerScale 1e-5), so no weights are
+needed; set --config.model.encoder_weights to use converted ones (and
+--config.model.encoder_blocks=0 to use all blocks). With LayerScale 1e-5 every block changes
+the tokens by about 1e-5 of their size, so a random DINOv2's features are a random linear
+map of the patch pixels plus its position embedding; the demo runs only the first block
+(features within 1e-5 relative of all 12, tests/test_dinov2.py) to halve the CPU step.
+
+The videos: 2-4 single-coloured objects whose colours come from a palette of 3 per video,
+so objects often share a colour, over a dim, textured 4-cell background. Colour alone
+(k-means of the features) cannot tell same-coloured objects apart; position-aware slots can.
 """
 from configs import base
 
@@ -18,18 +28,29 @@ def get_config(arg=None):
   config.data.train_split = "train"
   config.data.eval_split = "validation"
   config.data.shuffle_buffer = 256
+  config.data.synthetic.height = config.data.synthetic.width = 112
+  config.data.synthetic.colours_per_object = (1, 1)
+  config.data.synthetic.palette_size = 3
+  config.data.synthetic.max_objects = 4
+  config.data.synthetic.radius = (0.2, 0.32)
+  config.data.synthetic.cross_prob = 0.2
+  config.data.synthetic.background_cells = 4
+  config.data.synthetic.background_contrast = 0.25
+  config.data.synthetic.background_mix = 0.0
 
   if "encoder=" not in (arg or ""):
     config.model.encoder = "vits14"
+  config.model.encoder_blocks = 1
   if "slots=" not in (arg or ""):
     config.model.num_slots = 8
   config.model.decoder_hidden = 256
 
   config.train.batch_size = 8
-  config.train.num_steps = 600
+  config.train.num_steps = 1800
   config.train.num_epochs = 10
   config.train.learning_rate = 4e-4
-  config.train.log_every = 50
-  config.train.checkpoint_every = 500
+  config.train.log_every = 100
+  config.train.checkpoint_every = 600
   config.eval.num_visualize = 6
+  config.eval.untrained = True
   return config

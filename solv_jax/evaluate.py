@@ -97,11 +97,11 @@ def _pad_to(x: np.ndarray, size: int) -> np.ndarray:
 
 
 def evaluate(config, model: SOLV, params: dict, workdir: str, step: int,
-             videos: Iterable[dict] | None = None) -> dict:
+             videos: Iterable[dict] | None = None, subdir: str = "eval") -> dict:
   """Runs the protocol over the evaluation split; writes WORKDIR/eval/results.json + pictures."""
   from solv_jax.data import pipeline
 
-  out_dir = os.path.join(workdir, "eval")
+  out_dir = os.path.join(workdir, subdir)
   os.makedirs(out_dir, exist_ok=True)
   segmenter = VideoSegmenter(model, params, batch_windows=config.eval.batch_windows)
   if videos is None:

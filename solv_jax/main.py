@@ -37,6 +37,8 @@ def run(config, workdir: str, mode: str) -> dict | None:
   export.save_config(workdir, config)
   model = build_model(config)
   results = None
+  if mode == "train_and_eval" and config.eval.get("untrained", False):
+    _evaluate_untrained(config, model, workdir)
   if mode in ("train", "train_and_eval"):
     state = train.train(config, workdir)
     params, step = state.params, int(state.step)
@@ -47,13 +49,31 @@ def run(config, workdir: str, mode: str) -> dict | None:
     print(f"Evaluating step {step} on {config.data.name}:{config.data.eval_split} ...",
           flush=True)
     results = evaluate.evaluate(config, model, full, workdir, step)
-    summary = {k: results[k] for k in ("fg_ari", "fg_ari_matched", "video_fg_ari", "miou",
-                                       "mbo", "num_videos")}
-    print("Evaluation:", " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                  for k, v in summary.items()), flush=True)
+    print("Evaluation:", _summary(results), flush=True)
     print(f"Results: {os.path.join(workdir, 'eval', 'results.json')}; masks: "
           f"{os.path.join(workdir, 'eval')}/*.png, *.gif", flush=True)
   return results
+
+
+def _summary(results: dict) -> str:
+  keys = ("fg_ari", "fg_ari_matched", "video_fg_ari", "miou", "mbo", "num_videos")
+  return " ".join(f"{k}={results[k]:.4f}" if isinstance(results[k], float) else
+                  f"{k}={results[k]}" for k in keys)
+
+
+def _evaluate_untrained(config, model, workdir: str) -> None:
+  """The baseline of a run: the initial (step-0) params through the same protocol."""
+  import jax
+  from solv_jax import evaluate, train
+  path = os.path.join(workdir, "eval_step0", "results.json")
+  if os.path.exists(path):  # a resumed run: already done
+    return
+  params = train.init_trainable(model, jax.random.key(config.seed))
+  full = {**jax.device_get(params), "encoder": train.encoder_params(config, model)}
+  print(f"Evaluating the untrained model (step 0) on {config.data.name}:"
+        f"{config.data.eval_split} ...", flush=True)
+  results = evaluate.evaluate(config, model, full, workdir, 0, subdir="eval_step0")
+  print("Step 0:", _summary(results), flush=True)
 
 
 def main(argv):

@@ -39,8 +39,19 @@ def _losses(workdir):
 
 def test_train_and_eval_writes_results_pictures_and_exports(data_dir, tmp_path):
   config = _config(data_dir)
+  config.eval.untrained = True
   workdir = str(tmp_path / "run")
   results = main.run(config, workdir, "train_and_eval")
+
+  # The untrained baseline: the seed's initial params through the same protocol.
+  with open(os.path.join(workdir, "eval_step0", "results.json")) as f:
+    step0 = json.load(f)
+  model = build_model(config)
+  init = {**jax.device_get(train.create_train_state(config, model, train.make_optimizer(
+      config.train)).params), "encoder": train.encoder_params(config, model)}
+  expected = evaluate.evaluate(config, model, init, str(tmp_path / "check"), 0)
+  assert step0["step"] == 0 and step0["fg_ari"] == pytest.approx(expected["fg_ari"])
+  assert step0["miou"] == pytest.approx(expected["miou"])
   with open(os.path.join(workdir, "eval", "results.json")) as f:
     saved = json.load(f)
   for key in ("fg_ari", "miou", "num_videos", "step", "mbo", "video_fg_ari", "fg_ari_matched"):
