@@ -87,6 +87,9 @@ def main(argv):
   if not config.model.encoder_weights:
     print("Note: config.model.encoder_weights is empty, so DINOv2 is RANDOMLY initialised "
           "(no download needed). Pass converted weights for the paper's results.", flush=True)
+  if config.model.get("encoder_blocks", 0):
+    print(f"Note: only the first {config.model.encoder_blocks} DINOv2 block(s) run "
+          "(config.model.encoder_blocks; 0 = all, as in the paper).", flush=True)
   run(config, workdir, flags.FLAGS.mode)
 
 

@@ -41,7 +41,8 @@ flags.DEFINE_string("plot", "", "Write the token-drop sweep as a PNG plot here."
 RESULTS: list[dict] = []
 
 
-def emit(record: dict) -> None:
+def emit(record: dict) -> dict:
+  """Prints (and appends to --out) one measurement; returns it with the device fields."""
   import jax
   record = {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
             "num_devices": jax.device_count(), **record}
@@ -51,6 +52,7 @@ def emit(record: dict) -> None:
   if flags.FLAGS.out:
     with open(flags.FLAGS.out, "a") as f:
       f.write(line + "\n")
+  return record
 
 
 def peak_memory_bytes() -> tuple[int, str]:
@@ -125,8 +127,7 @@ def bench_step(config, label: str, rate: float | None, flops_only: bool = False,
     record = {"what": label, "batch_size": b, "resolution": [h, w],
               "token_drop": config.model.token_drop, "flops_per_step": flops,
               "lower_seconds": time.perf_counter() - t0}
-    emit(record)
-    return record
+    return emit(record)
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
   compiled_flops = _flops(compiled.cost_analysis())
@@ -155,8 +156,7 @@ def bench_step(config, label: str, rate: float | None, flops_only: bool = False,
             "floor_seconds": flops / rate if rate else None,
             "peak_memory_bytes": mem, "memory_kind": mem_kind,
             "xla_step_memory_bytes": xla_bytes, **extra}
-  emit(record)
-  return record
+  return emit(record)
 
 
 def bench_eval(config) -> None:

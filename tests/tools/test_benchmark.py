@@ -26,3 +26,13 @@ def test_step_flops_from_hlo_match_the_compiled_count_and_flops_mode():
   assert step["utilisation"] == pytest.approx(
       step["flops_per_step"] / step["step_seconds"] / rows["matmul"]["flops_per_second"])
   assert len(step["step_seconds_all"]) == 2 and step["batch_size"] == 2
+
+
+def test_drop_sweep_measures_each_ratio_and_writes_the_plot(tmp_path):
+  plot = tmp_path / "fig7.png"
+  rows = [r for r in _run("--what=drop", "--drop_ratios=0.0,0.5", "--steps=1", f"--plot={plot}")
+          if r["what"] == "drop_sweep"]
+  assert [r["token_drop"] for r in rows] == [0.0, 0.5]
+  # Dropping half of the 12 tokens removes encoder and binding work from the step.
+  assert rows[1]["flops_per_step"] < rows[0]["flops_per_step"]
+  assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
