@@ -68,8 +68,8 @@ def _evaluate_untrained(config, model, workdir: str) -> None:
   path = os.path.join(workdir, "eval_step0", "results.json")
   if os.path.exists(path):  # a resumed run: already done
     return
-  params = train.init_trainable(model, jax.random.key(config.seed))
-  full = {**jax.device_get(params), "encoder": train.encoder_params(config, model)}
+  full = {**jax.device_get(train.initial_params(config, model)),
+          "encoder": train.encoder_params(config, model)}
   print(f"Evaluating the untrained model (step 0) on {config.data.name}:"
         f"{config.data.eval_split} ...", flush=True)
   results = evaluate.evaluate(config, model, full, workdir, 0, subdir="eval_step0")

@@ -179,8 +179,13 @@ def init_trainable(model: SOLV, rng) -> dict:
   return jax.jit(init)(rng)
 
 
+def initial_params(config, model: SOLV) -> dict:
+  """The run's step-0 trainable params (seeded by config.seed)."""
+  return init_trainable(model, jax.random.key(config.seed))
+
+
 def create_train_state(config, model: SOLV, tx) -> TrainState:
-  params = init_trainable(model, jax.random.key(config.seed))
+  params = initial_params(config, model)
   return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
                     num_nonfinite=jnp.int32(0), first_nonfinite=jnp.int32(-1))
 

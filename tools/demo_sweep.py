@@ -44,7 +44,7 @@ def make_data(exp, root):
   with mp.Pool(min(16, os.cpu_count())) as pool:
     tr = pool.map(_gen, [(cfg, "train", i) for i in range(cfg.num_train)])
     va = pool.map(_gen, [(cfg, "validation", i) for i in range(cfg.num_validation)])
-  np.savez(path + ".tmp.npz", tv=np.stack([f for f, _ in tr]), ts=np.stack([s for _, s in tr]),
+  np.savez(path + ".tmp.npz", tv=np.stack([f for f, _ in tr]),  # train labels unused
            vv=np.stack([f for f, _ in va]), vs=np.stack([s for _, s in va]))
   os.rename(path + ".tmp.npz", path)
   return path
@@ -76,7 +76,6 @@ def norm(x):
 
 def run_exp(exp, root, out_path):
   import jax
-  import jax.numpy as jnp
   from solv_jax import train, metrics, evaluate, baselines
   from solv_jax.models.solv import SOLV, build_model
   config = build_config(exp)
@@ -94,7 +93,7 @@ def run_exp(exp, root, out_path):
   key = jax.random.key(exp.get("seed", 0))
   nv = exp.get("eval_videos", 20)
 
-  def do_eval(s):
+  def do_eval():
     params = {**jax.device_get(state.params), "encoder": frozen}
     seg = evaluate.VideoSegmenter(model, params, batch_windows=16)
     acc = metrics.MetricAccumulator()
@@ -120,7 +119,7 @@ def run_exp(exp, root, out_path):
   losses = []
   for s in range(exp["steps"] + 1):
     if s in exp["eval_at"]:
-      log["evals"][s] = do_eval(s)
+      log["evals"][s] = do_eval()
       log["loss"][s] = float(np.mean(losses[-50:])) if losses else None
       log["seconds"] = time.time() - t0
       print(exp["name"], s, log["evals"][s], log["loss"][s], flush=True)
