@@ -276,6 +276,26 @@ class _Preempted:
       signal.signal(signal.SIGTERM, self._old)
 
 
+def _truncate_metrics(path: str, step: int) -> None:
+  """Drops the rows a killed run logged after the checkpoint it resumes from (they are logged
+  again), so metrics.jsonl holds each step once. Rewritten atomically."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  keep = []
+  for line in lines:
+    try:
+      if json.loads(line)["step"] <= step:
+        keep.append(line)
+    except (ValueError, KeyError, TypeError):  # a row cut short by the kill
+      pass
+  if len(keep) != len(lines):
+    with open(path + ".tmp", "w") as f:
+      f.writelines(keep)
+    os.replace(path + ".tmp", path)
+
+
 def train(config, workdir: str, stop_at: int | None = None) -> TrainState:
   """Trains (resuming from WORKDIR/checkpoints if any) and returns the final state.
 
@@ -308,6 +328,8 @@ def train(config, workdir: str, stop_at: int | None = None) -> TrainState:
     state = state.replace(params=_params_from(config.train.init_from, state.params))
     print(f"Initialised from {config.train.init_from}", flush=True)
 
+  if jax.process_index() == 0:
+    _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), int(state.step))
   step_fn = jit_train_step(make_train_step(model, tx, config), mesh)
   rng = jax.random.key(config.seed + 2)
   writer = metric_writers.create_default_writer(

@@ -2,6 +2,7 @@
 Config checks. End to end through the entry point: runs killed (SIGKILL mid-step and
 mid-checkpoint-write) or preempted (SIGTERM) resume to the uninterrupted run's exact params; a
 NaN batch stops the run naming its step (or is skipped and counted); same seed, same bits."""
+import json
 import os
 import subprocess
 import sys
@@ -336,6 +337,14 @@ def test_killed_and_preempted_runs_resume_to_the_uninterrupted_params(e2e, tmp_p
   ref_step, ref_params = _params(e2e.reference)
   assert step == ref_step == 6
   _assert_bitwise_equal(params, ref_params)
+  # metrics.jsonl holds each logged step once, with the uninterrupted run's values: rows
+  # logged past the checkpoint a killed run resumed from are dropped, then logged again.
+  assert _metric_rows(workdir) == _metric_rows(e2e.reference)
+
+
+def _metric_rows(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
 
 
 def test_two_runs_with_the_same_seed_are_bit_identical(e2e, compile_cache, tmp_path):
