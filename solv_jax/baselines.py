@@ -11,6 +11,10 @@ Whatever the model gains over this number comes from binding, not from the featu
 the model is not told how many objects a frame has.
 
   python -m solv_jax.baselines --config=configs/demo.py [--config.data.eval_max_videos=5]
+  python -m solv_jax.baselines --config=configs/demo.py --baseline=kmeans,token_oracle
+
+`token_oracle` is not a baseline but a ceiling: the ground truth pushed through the token
+grid and the model's mask upsampling, the best any model at that resolution can score.
 """
 from __future__ import annotations
 
@@ -115,9 +119,58 @@ def kmeans_segment_video(features: np.ndarray, num_segments: Iterable[int],
   return metrics.masks_to_ids(masks.reshape(t, k_max, *grid_hw), track_ids, out_hw=out_hw)
 
 
+def area_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """(n_out, n_in) box-filter weights: output cell j averages the input span it covers."""
+  edges = np.arange(n_out + 1) * (n_in / n_out)  # output cell edges in input units
+  lo, hi = edges[:-1, None], edges[1:, None]  # (n_out, 1)
+  overlap = np.clip(np.minimum(hi, np.arange(1, n_in + 1)) - np.maximum(lo, np.arange(n_in)),
+                    0.0, None)  # (n_out, n_in)
+  return overlap / overlap.sum(axis=1, keepdims=True)
+
+
+def token_oracle_video(gt: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray:
+  """The best any token-grid segmenter can do: ground truth through the model's mask path.
+
+  Each ground-truth segment's one-hot mask is area-averaged onto the (h, w) token grid (the
+  soft mask a perfect slot would have), then upsampled and argmaxed exactly like the model's
+  decoder masks (`metrics.masks_to_ids`). Objects smaller than a token, and every boundary
+  inside a token, are lost as they are for the model; the score is an upper bound on what
+  SOLV can reach at that resolution (SPEC §7).
+
+  Args:
+    gt: (T, H, W) int ground truth, 0 background, -1 void (counted in no segment).
+    grid_hw: (h, w) token grid of the model.
+  Returns:
+    (T, H, W) int32 ids (the ground-truth ids that survive).
+  """
+  gt = np.asarray(gt)
+  t, height, width = gt.shape
+  labels = np.unique(gt[gt >= 0])
+  onehot = (gt[:, None] == labels[None, :, None, None]).astype(np.float32)  # (T, G, H, W)
+  rows = area_matrix(height, grid_hw[0]).astype(np.float32)  # (h, H)
+  cols = area_matrix(width, grid_hw[1]).astype(np.float32)  # (w, W)
+  pooled = np.matmul(rows, np.matmul(onehot, cols.T))  # (T, G, h, w)
+  ids = np.broadcast_to(labels, (t, len(labels)))
+  return metrics.masks_to_ids(pooled, ids, out_hw=(height, width))
+
+
 def oracle_num_segments(gt: np.ndarray) -> np.ndarray:
   """(T,) number of ground-truth objects visible in each frame, plus one for the background."""
   return np.array([int(np.sum(np.unique(f) > 0)) + 1 for f in np.asarray(gt)])
+
+
+def evaluate_token_oracle(config, *, max_videos: int | None = None) -> dict:
+  """`token_oracle_video` over the evaluation split at config's resolution (no model)."""
+  from solv_jax.data import pipeline
+  from solv_jax.models.dinov2 import PATCH_SIZE
+
+  grid_hw = tuple(int(r) // PATCH_SIZE for r in config.data.resolution)
+  acc = metrics.MetricAccumulator()
+  for video in pipeline.eval_videos(config, max_videos=max_videos):
+    if video.get("has_annotations", True):
+      gt = np.asarray(video["segmentations"])
+      acc.update(token_oracle_video(gt, grid_hw), gt)
+  return acc.compute()
 
 
 def evaluate_kmeans(config, *, max_videos: int | None = None, seed: int = 0,
@@ -146,20 +199,30 @@ def evaluate_kmeans(config, *, max_videos: int | None = None, seed: int = 0,
   return acc.compute()
 
 
+BASELINES = {"kmeans": evaluate_kmeans, "token_oracle": evaluate_token_oracle}
+
+
 def main(argv):
   from absl import flags
   config = flags.FLAGS.config
-  results = evaluate_kmeans(config, max_videos=config.data.eval_max_videos or None)
-  print(json.dumps(results), flush=True)
+  unknown = [n for n in flags.FLAGS.baseline if n not in BASELINES]
+  if unknown:
+    raise ValueError(f"Unknown --baseline {unknown}; known: {sorted(BASELINES)}.")
+  results = {}
+  for name in flags.FLAGS.baseline:
+    results[name] = BASELINES[name](config, max_videos=config.data.eval_max_videos or None)
+    print(json.dumps({"baseline": name, **results[name]}), flush=True)
   if flags.FLAGS.out:
     os.makedirs(os.path.dirname(flags.FLAGS.out) or ".", exist_ok=True)
     with open(flags.FLAGS.out, "w") as f:
-      json.dump(results, f, indent=2)
+      json.dump(results if len(results) > 1 else results[name], f, indent=2)
 
 
 if __name__ == "__main__":
   from absl import app, flags
   from ml_collections import config_flags
   config_flags.DEFINE_config_file("config", "configs/demo.py", "Config file.")
+  flags.DEFINE_list("baseline", ["kmeans"], "kmeans (oracle count, tracked) and/or "
+                    "token_oracle (ground truth through the token grid: the ceiling).")
   flags.DEFINE_string("out", "", "Also write the results as JSON here.")
   app.run(main)

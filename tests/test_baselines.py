@@ -69,3 +69,33 @@ def test_segment_video_tracks_and_scores_a_hand_made_video():
 def test_oracle_num_segments_ignores_void_and_counts_background_once():
   gt = np.array([[[0, 1], [-1, 3]], [[0, 0], [0, 0]]])
   np.testing.assert_array_equal(baselines.oracle_num_segments(gt), [3, 1])
+
+
+def test_area_matrix_hand_computed():
+  np.testing.assert_allclose(baselines.area_matrix(3, 2), [[2 / 3, 1 / 3, 0], [0, 1 / 3, 2 / 3]])
+  np.testing.assert_allclose(baselines.area_matrix(4, 2), [[0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5]])
+  np.testing.assert_allclose(baselines.area_matrix(5, 5), np.eye(5))
+
+
+def test_token_oracle_is_exact_on_token_aligned_ground_truth():
+  # 4x4 token grid, 2x2 pixels per token; objects made of whole tokens survive pixel-exactly.
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, 4, size=(3, 4, 4))
+  gt = np.repeat(np.repeat(tokens, 2, axis=1), 2, axis=2).astype(np.int32)
+  pred = baselines.token_oracle_video(gt, (4, 4))
+  np.testing.assert_array_equal(pred, gt)
+
+
+def test_token_oracle_loses_what_a_token_grid_cannot_hold():
+  # One 1-pixel object in a 2x2-pixel token is a quarter of that token: the background wins,
+  # and a 2x2 object straddling four tokens keeps only what bilinear upsampling gives it.
+  gt = np.zeros((1, 8, 8), np.int32)
+  gt[0, 0, 0] = 1  # sub-token object
+  gt[0, 3:5, 3:5] = 2  # a quarter of each of four tokens
+  gt[0, 6:8, 6:8] = 3  # one whole token
+  pred = baselines.token_oracle_video(gt, (4, 4))
+  assert 1 not in pred and 2 not in pred
+  np.testing.assert_array_equal(pred[0, 6:8, 6:8], 3)
+  from solv_jax import metrics
+  result = metrics.evaluate_video(pred, gt)
+  assert result["miou"] < 1.0 and result["object_ious"][2] == 1.0
