@@ -3,6 +3,9 @@
   python tools/benchmark.py --config=configs/ytvis19.py --config.train.batch_size=2
   python tools/benchmark.py --config=configs/ytvis19.py --config.train.batch_size=2 \
       --what=matmul,step,merge,drop,eval --steps=5
+  python tools/benchmark.py --config=configs/ytvis19.py --config.train.batch_size=2 \
+      --what=profile --steps=3
+  python tools/benchmark.py --config=configs/ytvis19.py --config.train.batch_size=2 --what=gemm
 
 Prints one JSON line per measurement and a table at the end. Step time is the median of
 --steps timed steps after compilation (block_until_ready); FLOPs are XLA's cost analysis of
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import statistics
 import sys
@@ -29,7 +33,9 @@ from ml_collections import config_flags  # noqa: E402
 config_flags.DEFINE_config_file("config", "configs/ytvis19.py", "Config file.", lock_config=True)
 flags.DEFINE_list("what", ["matmul", "step", "merge", "eval"],
                   "Any of matmul, step, merge, drop, eval, flops (count the step's FLOPs "
-                  "without compiling or running it).")
+                  "without compiling or running it), profile (trace the step: time by model "
+                  "part, pass and op kind), gemm (time the step's main matmul shapes alone: the "
+                  "utilisation XLA's kernels allow this model).")
 flags.DEFINE_integer("steps", 5, "Timed steps per measurement (after compilation).")
 flags.DEFINE_integer("eval_frames", 30, "Frames of the evaluation video.")
 flags.DEFINE_integer("eval_repeats", 1, "Timed passes over the evaluation video.")
@@ -90,16 +96,70 @@ def matmul_rate() -> float:
   return rate
 
 
+def gemm_shapes(config) -> list[dict]:
+  """The train step's main matmul shapes, from the config: DINOv2 on the kept tokens of the
+  2n+1 frames (qkv, attention logits and values, projection, MLP) and the decoder's hidden
+  layer over B x K x N rows. `count` is how many times the step runs it (forward only for the
+  frozen encoder; x3 for the trainable decoder's forward and two backward products)."""
+  from solv_jax.models import dinov2
+  v = dinov2.variant_config(config.model.encoder)
+  d, heads = v["embed_dim"], v["num_heads"]
+  blocks = config.model.encoder_blocks or v["depth"]
+  (h, w), p = config.data.resolution, dinov2.PATCH_SIZE
+  n = (h // p) * (w // p)
+  b, f = config.train.batch_size, 2 * config.data.num_context + 1
+  t = max(int(n * (1.0 - config.model.token_drop)), 1) + 1 + v["num_registers"]  # + CLS
+  m = b * f * t
+  hidden = 4 * d if v["ffn"] == "mlp" else 8 * d // 3
+  rows = b * config.model.num_slots * n
+  return [
+      dict(name="dinov2 qkv", batch=1, m=m, k=d, n=3 * d, count=blocks),
+      dict(name="dinov2 attention logits", batch=b * f * heads, m=t, k=d // heads, n=t,
+           count=blocks),
+      dict(name="dinov2 attention x values", batch=b * f * heads, m=t, k=t, n=d // heads,
+           count=blocks),
+      dict(name="dinov2 projection", batch=1, m=m, k=d, n=d, count=blocks),
+      dict(name="dinov2 mlp fc1", batch=1, m=m, k=d, n=hidden, count=blocks),
+      dict(name="dinov2 mlp fc2", batch=1, m=m, k=hidden, n=d, count=blocks),
+      dict(name="decoder hidden layer", batch=1, m=rows, k=config.model.decoder_hidden,
+           n=config.model.decoder_hidden, count=3 * (config.model.decoder_layers - 2)),
+  ]
+
+
+def gemm_rates(config, rate: float) -> dict:
+  """Times each of `gemm_shapes` alone (float32 on CPU, bf16 elsewhere) and reports the
+  FLOP-weighted rate a step made of nothing but these matmuls could reach, as a fraction of
+  the square-matmul rate: the utilisation ceiling that XLA's own kernels set for this model."""
+  import jax
+  import jax.numpy as jnp
+  dtype = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+  f = jax.jit(lambda a, b: jnp.einsum("bmk,bkn->bmn", a, b))
+  flops = seconds = 0.0
+  for g in gemm_shapes(config):
+    a = jax.random.normal(jax.random.key(0), (g["batch"], g["m"], g["k"]), dtype)
+    b = jax.random.normal(jax.random.key(1), (g["batch"], g["k"], g["n"]), dtype)
+    f(a, b).block_until_ready()
+    t = statistics.median(timed(lambda: f(a, b).block_until_ready(), 7))
+    fl = 2.0 * g["batch"] * g["m"] * g["k"] * g["n"]
+    flops, seconds = flops + fl * g["count"], seconds + t * g["count"]
+    emit({"what": "gemm", **g, "seconds": t, "flops_per_second": fl / t,
+          "fraction_of_matmul_rate": fl / t / rate})
+  return emit({"what": "gemm_bound", "flops": flops, "seconds": seconds,
+               "flops_per_second": flops / seconds,
+               "fraction_of_matmul_rate": flops / seconds / rate})
+
+
 def _flops(cost) -> float:
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
 def bench_step(config, label: str, rate: float | None, flops_only: bool = False,
-               **extra) -> dict:
+               profile: bool = False, **extra) -> dict:
   """Times the jit'd train step. FLOPs come from XLA's cost analysis of the step's HLO before
   backend optimisation: the compiled executable's own analysis leaves out library calls
-  (cuBLAS/cuDNN GEMMs on GPU), so it undercounts there. flops_only: lower, count, stop."""
+  (cuBLAS/cuDNN GEMMs on GPU), so it undercounts there. flops_only: lower, count, stop.
+  profile: trace the compiled step instead (`profile_step`)."""
   import jax
   import numpy as np
   from solv_jax import sharding, train
@@ -123,6 +183,8 @@ def bench_step(config, label: str, rate: float | None, flops_only: bool = False,
   t0 = time.perf_counter()
   lowered = step.lower(state, frozen, batch, key)
   flops = _flops(lowered.cost_analysis())
+  if profile:
+    return profile_step(lowered.compile(), state, frozen, batch, key, label, flops, rate)
   if flops_only:
     record = {"what": label, "batch_size": b, "resolution": [h, w],
               "token_drop": config.model.token_drop, "flops_per_step": flops,
@@ -157,6 +219,90 @@ def bench_step(config, label: str, rate: float | None, flops_only: bool = False,
             "peak_memory_bytes": mem, "memory_kind": mem_kind,
             "xla_step_memory_bytes": xla_bytes, **extra}
   return emit(record)
+
+
+# Model parts, as they appear in the HLO op names (Flax module paths); first match wins.
+PARTS = ("encoder", "spatial_binding", "temporal_binding", "decoder")
+MATMUL_OPS = ("dot", "convolution", "ynn_fusion", "xnn_fusion", "gemm", "cublas", "matmul")
+
+
+def hlo_op_names(hlo_text: str) -> dict[str, str]:
+  """Instruction name -> its metadata op_name (the JAX/Flax source path) in compiled HLO."""
+  out = {}
+  for m in re.finditer(r"^\s*(?:ROOT\s+)?%?([\w.\-]+) = [^\n]*?op_name=\"([^\"]*)\"",
+                       hlo_text, re.M):
+    out.setdefault(m.group(1), m.group(2))
+  return out
+
+
+def attribute(op: str, op_name: str) -> tuple[str, str, str]:
+  """(model part, pass, kind) of one HLO instruction from its name and op_name."""
+  part = next((p for p in PARTS if f"/{p}/" in op_name or f"{p}." in op_name), "other")
+  if part == "other" and ("adam" in op_name or "clip" in op_name or "optax" in op_name):
+    part = "optimizer"
+  direction = "backward" if "transpose(" in op_name else "forward"
+  kind = "matmul" if any(k in op.lower() for k in MATMUL_OPS) else "other"
+  return part, direction, kind
+
+
+def profile_step(compiled, state, frozen, batch, key, label: str, flops: float,
+                 rate: float | None, steps: int | None = None) -> dict:
+  """Where a compiled train step spends its time, from a jax.profiler trace.
+
+  Traces `steps` steps, sums the duration of every XLA instruction the runtime reports
+  (CPU thunks; GPU kernels appear under their own names), and attributes each through its
+  op_name metadata to a model part (encoder, spatial_binding, temporal_binding, decoder,
+  optimizer, other), a pass (forward, backward = transposed) and a kind (matmul = dot /
+  convolution / library GEMM fusions, other = elementwise, reductions, copies). Shares are of
+  the summed instruction time, which can exceed wall time where instructions run concurrently.
+  """
+  import collections
+  import glob
+  import gzip
+  import tempfile
+
+  import jax
+  steps = steps or flags.FLAGS.steps
+  names = hlo_op_names(compiled.as_text())
+  holder = {"state": state}
+
+  def run():
+    holder["state"], m = compiled(holder["state"], frozen, batch, key)
+    jax.block_until_ready(m)
+
+  run()  # warm-up
+  with tempfile.TemporaryDirectory() as tmp:
+    with jax.profiler.trace(tmp, create_perfetto_trace=True):
+      t0 = time.perf_counter()
+      for _ in range(steps):
+        run()
+      wall = (time.perf_counter() - t0) / steps
+    (trace_file,) = glob.glob(os.path.join(tmp, "**", "perfetto_trace.json.gz"), recursive=True)
+    with gzip.open(trace_file) as f:
+      trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  per_op = collections.Counter()
+  for e in events:
+    op = (e.get("args") or {}).get("hlo_op")
+    if e.get("ph") == "X" and op and op in names:
+      per_op[op] += e.get("dur", 0.0) * 1e-6 / steps
+  total = sum(per_op.values())
+  groups = {g: collections.Counter() for g in ("part", "pass", "kind", "part_kind")}
+  for op, sec in per_op.items():
+    part, direction, kind = attribute(op, names[op])
+    groups["part"][part] += sec
+    groups["pass"][direction] += sec
+    groups["kind"][kind] += sec
+    groups["part_kind"][f"{part}/{kind}"] += sec
+  share = lambda c: {k: round(v / total, 4) for k, v in c.most_common()}  # noqa: E731
+  top = [{"op": op, "op_name": names[op][-160:], "seconds": sec, "share": sec / total}
+         for op, sec in per_op.most_common(15)]
+  return emit({"what": f"{label}_profile", "steps": steps, "step_seconds_traced": wall,
+               "op_seconds": total, "flops_per_step": flops,
+               "utilisation": (flops / wall) / rate if rate else None,
+               "share_by_part": share(groups["part"]), "share_by_pass": share(groups["pass"]),
+               "share_by_kind": share(groups["kind"]),
+               "share_by_part_kind": share(groups["part_kind"]), "top_ops": top})
 
 
 def bench_eval(config) -> None:
@@ -210,11 +356,19 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   config = flags.FLAGS.config
   what = set(flags.FLAGS.what)
-  rate = matmul_rate() if what & {"matmul", "step", "merge", "drop"} else None
+  rate = (matmul_rate() if what & {"matmul", "step", "merge", "drop", "profile", "gemm"}
+          else None)
   if "flops" in what:
     bench_step(config, "train_step_flops", None, flops_only=True)
+  if "gemm" in what:
+    gemm_rates(config, rate)
   if "step" in what:
     bench_step(config, "train_step", rate)
+  if "profile" in what:
+    r = bench_step(config, "train_step", rate, profile=True)
+    print("\nTime by part:", r["share_by_part"], "\nby pass:", r["share_by_pass"],
+          "\nby kind:", r["share_by_kind"], "\nby part/kind:", r["share_by_part_kind"],
+          flush=True)
   if "merge" in what:
     for backend in ("device", "host"):
       c = config.copy_and_resolve_references()
@@ -246,6 +400,10 @@ def main(argv):
     elif r["what"] == "train_step_flops":
       print(f"| {r['what']} (drop {r['token_drop']}) | - | - | {r['flops_per_step'] / 1e9:.1f} "
             f"| - | - | - |")
+    elif r["what"] in ("gemm", "gemm_bound"):
+      label = r.get("name", "all of the above, FLOP-weighted")
+      print(f"| {r['what']}: {label} | - | - | {r['flops_per_second'] / 1e9:.1f} GFLOP/s | "
+            f"{r['fraction_of_matmul_rate']:.1%} | - | - |")
     elif "frames_per_second" in r:
       print(f"| {r['what']} | {r['seconds']:.2f} s / {r['frames']} frames | "
             f"{r['frames_per_second']:.2f} frames/s | | | |")

@@ -17,7 +17,15 @@ def _run(*args):
 
 
 def test_step_flops_from_hlo_match_the_compiled_count_and_flops_mode():
-  rows = {r["what"]: r for r in _run("--what=flops,matmul,step", "--steps=2")}
+  records = _run("--what=flops,matmul,step,gemm", "--steps=2")
+  rows = {r["what"]: r for r in records}
+  # The GEMM bound is the FLOP-weighted rate of the timed shapes.
+  gemms = [r for r in records if r["what"] == "gemm"]
+  flops = sum(2 * g["batch"] * g["m"] * g["k"] * g["n"] * g["count"] for g in gemms)
+  seconds = sum(g["seconds"] * g["count"] for g in gemms)
+  assert rows["gemm_bound"]["flops_per_second"] == pytest.approx(flops / seconds)
+  assert rows["gemm_bound"]["fraction_of_matmul_rate"] == pytest.approx(
+      flops / seconds / rows["matmul"]["flops_per_second"])
   step, count = rows["train_step"], rows["train_step_flops"]
   # The pre-optimisation HLO count (used because the compiled count omits GPU library GEMMs)
   # agrees with the compiled executable's own count where both see every dot: on CPU.
@@ -36,3 +44,50 @@ def test_drop_sweep_measures_each_ratio_and_writes_the_plot(tmp_path):
   # Dropping half of the 12 tokens removes encoder and binding work from the step.
   assert rows[1]["flops_per_step"] < rows[0]["flops_per_step"]
   assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_profile_attributes_the_traced_step_to_model_parts():
+  (row,) = [r for r in _run("--what=profile", "--steps=1") if r["what"] == "train_step_profile"]
+  for key in ("share_by_part", "share_by_pass", "share_by_kind", "share_by_part_kind"):
+    assert sum(row[key].values()) == pytest.approx(1.0, abs=1e-3)
+  assert {"encoder", "spatial_binding", "temporal_binding", "decoder"} <= set(row["share_by_part"])
+  assert row["share_by_pass"]["backward"] > 0 and row["share_by_kind"]["matmul"] > 0
+  # The instructions account for the traced step: summed, they neither miss most of it nor
+  # exceed what two cores could run in that time.
+  assert 0.5 * row["step_seconds_traced"] < row["op_seconds"] < 2.5 * row["step_seconds_traced"]
+  assert row["top_ops"][0]["seconds"] >= row["top_ops"][-1]["seconds"]
+
+
+def test_hlo_op_names_and_attribution_on_hand_written_hlo():
+  sys.path.insert(0, os.path.join(ROOT, "tools"))
+  import benchmark
+  hlo = """ENTRY %main {
+  %ynn_fusion.3 = f32[4,8]{1,0} fusion(%p0, %p1), kind=kCustom, calls=%c, metadata={op_name="jit(step_fn)/transpose(jvp(SOLV))/SOLV.decode_window/decoder/mlp_0/dot_general" source_file="x.py"}
+  ROOT %add_fusion = f32[4,8]{1,0} fusion(%a), kind=kLoop, calls=%d, metadata={op_name="jit(step_fn)/jvp(SOLV)/encoder/blocks_0/add"}
+  %copy.1 = f32[4]{0} copy(%b)
+}"""
+  names = benchmark.hlo_op_names(hlo)
+  assert names == {
+      "ynn_fusion.3": "jit(step_fn)/transpose(jvp(SOLV))/SOLV.decode_window/decoder/mlp_0/dot_general",
+      "add_fusion": "jit(step_fn)/jvp(SOLV)/encoder/blocks_0/add"}
+  assert benchmark.attribute("ynn_fusion.3", names["ynn_fusion.3"]) == ("decoder", "backward",
+                                                                        "matmul")
+  assert benchmark.attribute("add_fusion", names["add_fusion"]) == ("encoder", "forward", "other")
+
+
+def test_gemm_shapes_of_the_ytvis_recipe_hand_computed():
+  sys.path.insert(0, os.path.join(ROOT, "tools"))
+  import benchmark
+  from configs import ytvis19
+  config = ytvis19.get_config()
+  config.train.batch_size = 2
+  shapes = {g["name"]: g for g in benchmark.gemm_shapes(config)}
+  # 336x504 -> 24 x 36 = 864 patches, half kept + CLS = 433 tokens, 2 clips x 5 frames.
+  assert shapes["dinov2 qkv"] == dict(name="dinov2 qkv", batch=1, m=4330, k=768, n=2304,
+                                      count=12)
+  assert shapes["dinov2 attention logits"] == dict(name="dinov2 attention logits", batch=120,
+                                                   m=433, k=64, n=433, count=12)
+  assert shapes["dinov2 mlp fc2"]["k"] == 3072
+  # Decoder: 2 clips x 8 slots x 864 positions; 3 hidden-to-hidden layers, forward + backward.
+  assert shapes["decoder hidden layer"] == dict(name="decoder hidden layer", batch=1,
+                                                m=13824, k=1024, n=1024, count=9)
