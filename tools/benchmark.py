@@ -30,19 +30,25 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-config_flags.DEFINE_config_file("config", "configs/ytvis19.py", "Config file.", lock_config=True)
-flags.DEFINE_list("what", ["matmul", "step", "merge", "eval"],
-                  "Any of matmul, step, merge, drop, eval, flops (count the step's FLOPs "
-                  "without compiling or running it), profile (trace the step: time by model "
-                  "part, pass and op kind), gemm (time the step's main matmul shapes alone: the "
-                  "utilisation XLA's kernels allow this model).")
-flags.DEFINE_integer("steps", 5, "Timed steps per measurement (after compilation).")
-flags.DEFINE_integer("eval_frames", 30, "Frames of the evaluation video.")
-flags.DEFINE_integer("eval_repeats", 1, "Timed passes over the evaluation video.")
-flags.DEFINE_list("drop_ratios", ["0.0", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7",
-                                  "0.8", "0.9"], "Token-drop sweep.")
-flags.DEFINE_string("out", "", "Also append the JSON lines to this file.")
-flags.DEFINE_string("plot", "", "Write the token-drop sweep as a PNG plot here.")
+
+def define_flags() -> None:
+  """The command line; defined only when run as a script, so that tests can import the
+  helpers below beside other modules that define --config."""
+  config_flags.DEFINE_config_file("config", "configs/ytvis19.py", "Config file.",
+                                  lock_config=True)
+  flags.DEFINE_list("what", ["matmul", "step", "merge", "eval"],
+                    "Any of matmul, step, merge, drop, eval, flops (count the step's FLOPs "
+                    "without compiling or running it), profile (trace the step: time by model "
+                    "part, pass and op kind), gemm (time the step's main matmul shapes alone: "
+                    "the utilisation XLA's kernels allow this model).")
+  flags.DEFINE_integer("steps", 5, "Timed steps per measurement (after compilation).")
+  flags.DEFINE_integer("eval_frames", 30, "Frames of the evaluation video.")
+  flags.DEFINE_integer("eval_repeats", 1, "Timed passes over the evaluation video.")
+  flags.DEFINE_list("drop_ratios", ["0.0", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7",
+                                    "0.8", "0.9"], "Token-drop sweep.")
+  flags.DEFINE_string("out", "", "Also append the JSON lines to this file.")
+  flags.DEFINE_string("plot", "", "Write the token-drop sweep as a PNG plot here.")
+
 
 RESULTS: list[dict] = []
 
@@ -154,6 +160,18 @@ def _flops(cost) -> float:
   return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
+def stepper(compiled, state, frozen, batch, key):
+  """A no-argument function that runs one compiled train step, carrying the state along."""
+  import jax
+  holder = {"state": state}
+
+  def run():
+    holder["state"], m = compiled(holder["state"], frozen, batch, key)
+    jax.block_until_ready(m)
+
+  return run
+
+
 def bench_step(config, label: str, rate: float | None, flops_only: bool = False,
                profile: bool = False, **extra) -> dict:
   """Times the jit'd train step. FLOPs come from XLA's cost analysis of the step's HLO before
@@ -197,12 +215,7 @@ def bench_step(config, label: str, rate: float | None, flops_only: bool = False,
   xla_bytes = None if mem_stats is None else int(
       mem_stats.temp_size_in_bytes + mem_stats.argument_size_in_bytes +
       mem_stats.output_size_in_bytes)
-  holder = {"state": state}
-
-  def run():
-    holder["state"], m = compiled(holder["state"], frozen, batch, key)
-    jax.block_until_ready(m)
-
+  run = stepper(compiled, state, frozen, batch, key)
   run()  # warm-up
   times = timed(run, flags.FLAGS.steps)
   t = statistics.median(times)
@@ -264,12 +277,7 @@ def profile_step(compiled, state, frozen, batch, key, label: str, flops: float,
   import jax
   steps = steps or flags.FLAGS.steps
   names = hlo_op_names(compiled.as_text())
-  holder = {"state": state}
-
-  def run():
-    holder["state"], m = compiled(holder["state"], frozen, batch, key)
-    jax.block_until_ready(m)
-
+  run = stepper(compiled, state, frozen, batch, key)
   run()  # warm-up
   with tempfile.TemporaryDirectory() as tmp:
     with jax.profiler.trace(tmp, create_perfetto_trace=True):
@@ -410,4 +418,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   sys.exit(app.run(main))

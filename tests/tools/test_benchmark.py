@@ -67,9 +67,10 @@ def test_hlo_op_names_and_attribution_on_hand_written_hlo():
   %copy.1 = f32[4]{0} copy(%b)
 }"""
   names = benchmark.hlo_op_names(hlo)
-  assert names == {
-      "ynn_fusion.3": "jit(step_fn)/transpose(jvp(SOLV))/SOLV.decode_window/decoder/mlp_0/dot_general",
-      "add_fusion": "jit(step_fn)/jvp(SOLV)/encoder/blocks_0/add"}
+  backward_dot = ("jit(step_fn)/transpose(jvp(SOLV))/SOLV.decode_window/decoder/mlp_0/"
+                  "dot_general")
+  assert names == {"ynn_fusion.3": backward_dot,
+                   "add_fusion": "jit(step_fn)/jvp(SOLV)/encoder/blocks_0/add"}
   assert benchmark.attribute("ynn_fusion.3", names["ynn_fusion.3"]) == ("decoder", "backward",
                                                                         "matmul")
   assert benchmark.attribute("add_fusion", names["add_fusion"]) == ("encoder", "forward", "other")
