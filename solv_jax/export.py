@@ -77,10 +77,33 @@ def load_trainable(path: str) -> dict:
   return restore_workdir(path)[1]
 
 
-def save_config(workdir: str, config) -> None:
+def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+  """'key: old -> new' for every leaf that differs between two (JSON) config dicts."""
+  out = []
+  for key in sorted(set(old) | set(new)):
+    a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += config_changes(a, b, f"{prefix}{key}.")
+    elif a != b:
+      out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+  return out
+
+
+def save_config(workdir: str, config) -> list[str]:
+  """Writes WORKDIR/config.json; returns how it differs from the one there before (if any)."""
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  path = os.path.join(workdir, "config.json")
+  text = config.to_json_best_effort(indent=2)
+  changes = []
+  if os.path.exists(path):
+    with open(path) as f:
+      try:
+        changes = config_changes(json.load(f), json.loads(text))
+      except ValueError:  # unreadable: nothing to compare against
+        changes = ["config.json: unreadable -> rewritten"]
+  with open(path, "w") as f:
+    f.write(text)
+  return changes
 
 
 def load_config(workdir: str):

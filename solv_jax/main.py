@@ -34,7 +34,12 @@ def run(config, workdir: str, mode: str) -> dict | None:
   from solv_jax.models.solv import build_model
 
   train.validate_config(config)
-  export.save_config(workdir, config)
+  changes = export.save_config(workdir, config)
+  checkpoints = os.path.join(workdir, "checkpoints")
+  if changes and os.path.isdir(checkpoints) and os.listdir(checkpoints):
+    print(f"Warning: {workdir} holds checkpoints of a run with a different config; its "
+          f"checkpoint is used with this config, which differs in:\n  " + "\n  ".join(changes),
+          flush=True)
   model = build_model(config)
   results = None
   if mode == "train_and_eval" and config.eval.get("untrained", False):

@@ -124,3 +124,17 @@ def test_unknown_config_override_fails_clearly(tmp_path):
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   assert res.returncode != 0
   assert "batch_sizee" in res.stderr
+
+
+def test_save_config_reports_what_changed_since_the_stored_config(tmp_path):
+  from configs import demo
+  config = demo.get_config()
+  assert export.save_config(str(tmp_path), config) == []  # a new workdir
+  assert export.save_config(str(tmp_path), config) == []  # the same config again
+  steps, (h, w) = config.train.num_steps, config.data.resolution
+  config.train.num_steps = steps + 1
+  config.data.resolution = (h + 14, w)
+  assert export.save_config(str(tmp_path), config) == [
+      f"data.resolution: {[h, w]!r} -> {[h + 14, w]!r}",
+      f"train.num_steps: {steps!r} -> {steps + 1!r}"]
+  assert export.load_config(str(tmp_path)).train.num_steps == steps + 1
