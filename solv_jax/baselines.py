@@ -162,9 +162,9 @@ def oracle_num_segments(gt: np.ndarray) -> np.ndarray:
 def evaluate_token_oracle(config, *, max_videos: int | None = None) -> dict:
   """`token_oracle_video` over the evaluation split at config's resolution (no model)."""
   from solv_jax.data import pipeline
-  from solv_jax.models.dinov2 import PATCH_SIZE
+  from solv_jax.models.solv import build_model
 
-  grid_hw = tuple(int(r) // PATCH_SIZE for r in config.data.resolution)
+  grid_hw = build_model(config).grid_hw  # no params built; checks the resolution
   acc = metrics.MetricAccumulator()
   for video in pipeline.eval_videos(config, max_videos=max_videos):
     if video.get("has_annotations", True):

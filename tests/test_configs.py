@@ -32,7 +32,7 @@ def test_recipe_runs_a_step(name):
   state = train.create_train_state(config, model, tx)
   mesh = sharding.make_mesh(jax.devices()[:1])
   step = train.jit_train_step(train.make_train_step(model, tx, config), mesh)
-  f = 2 * config.data.num_context + 1  # the recipe's window
+  f = model.num_frames  # the recipe's window
   batch = {"video": np.random.default_rng(0).normal(size=(2, f, 42, 56, 3)).astype(np.float32),
            "frame_mask": np.ones((2, f), bool)}
   state, metrics = step(state, train.encoder_params(config, model), batch, jax.random.key(0))

@@ -104,19 +104,21 @@ def matmul_rate() -> float:
 
 def gemm_shapes(config) -> list[dict]:
   """The train step's main matmul shapes, from the config: DINOv2 on the kept tokens of the
-  2n+1 frames (qkv, attention logits and values, projection, MLP) and the decoder's hidden
-  layer over B x K x N rows. `count` is how many times the step runs it (forward only for the
-  frozen encoder; x3 for the trainable decoder's forward and two backward products)."""
+  2n+1 frames (qkv, attention logits and values, projection, feed-forward) and the decoder's
+  hidden layer over B x K x N rows. `count` is how many times the step runs it (forward only
+  for the frozen encoder; x3 for the trainable decoder's forward and two backward products)."""
   from solv_jax.models import dinov2
+  from solv_jax.models.solv import build_model
+  model = build_model(config)
   v = dinov2.variant_config(config.model.encoder)
   d, heads = v["embed_dim"], v["num_heads"]
   blocks = config.model.encoder_blocks or v["depth"]
-  (h, w), p = config.data.resolution, dinov2.PATCH_SIZE
-  n = (h // p) * (w // p)
-  b, f = config.train.batch_size, 2 * config.data.num_context + 1
-  t = max(int(n * (1.0 - config.model.token_drop)), 1) + 1 + v["num_registers"]  # + CLS
+  n = model.grid_hw[0] * model.grid_hw[1]
+  b, f = config.train.batch_size, model.num_frames
+  t = dinov2.num_kept_tokens(n, config.model.token_drop) + 1 + v["num_registers"]  # + CLS
   m = b * f * t
-  hidden = 4 * d if v["ffn"] == "mlp" else 8 * d // 3
+  hidden = dinov2.ffn_hidden(d, v["ffn"])
+  fc1_out = hidden if v["ffn"] == "mlp" else 2 * hidden  # SwiGLU: w12 holds both halves
   rows = b * config.model.num_slots * n
   return [
       dict(name="dinov2 qkv", batch=1, m=m, k=d, n=3 * d, count=blocks),
@@ -125,7 +127,7 @@ def gemm_shapes(config) -> list[dict]:
       dict(name="dinov2 attention x values", batch=b * f * heads, m=t, k=t, n=d // heads,
            count=blocks),
       dict(name="dinov2 projection", batch=1, m=m, k=d, n=d, count=blocks),
-      dict(name="dinov2 mlp fc1", batch=1, m=m, k=d, n=hidden, count=blocks),
+      dict(name="dinov2 mlp fc1", batch=1, m=m, k=d, n=fc1_out, count=blocks),
       dict(name="dinov2 mlp fc2", batch=1, m=m, k=hidden, n=d, count=blocks),
       dict(name="decoder hidden layer", batch=1, m=rows, k=config.model.decoder_hidden,
            n=config.model.decoder_hidden, count=3 * (config.model.decoder_layers - 2)),

@@ -119,11 +119,21 @@ def interpolate_pos_embed(pos_embed: jax.Array, grid_hw: tuple[int, int], *,
                           grid.reshape(1, h * w, -1)], axis=1).astype(pos_embed.dtype)
 
 
-def sample_keep_idx(rng: jax.Array, batch: int, num_tokens: int, drop_ratio: float) -> jax.Array:
-  """Token drop: for each of `batch` images, int(N * (1 - r)) distinct patch indices, sorted."""
+def num_kept_tokens(num_tokens: int, drop_ratio: float) -> int:
+  """N' = int(N * (1 - r)), at least 1: the patch tokens a frame keeps under token drop."""
   if not 0.0 <= drop_ratio < 1.0:
     raise ValueError(f"token drop ratio must be in [0, 1), got {drop_ratio}.")
-  num_keep = max(int(num_tokens * (1.0 - drop_ratio)), 1)
+  return max(int(num_tokens * (1.0 - drop_ratio)), 1)
+
+
+def ffn_hidden(embed_dim: int, ffn: str) -> int:
+  """Hidden width of a block's feed-forward: 4D (MLP), round_up(int(4D * 2/3), 8) (SwiGLU)."""
+  return 4 * embed_dim if ffn == "mlp" else (int(4 * embed_dim * 2 / 3) + 7) // 8 * 8
+
+
+def sample_keep_idx(rng: jax.Array, batch: int, num_tokens: int, drop_ratio: float) -> jax.Array:
+  """Token drop: for each of `batch` images, int(N * (1 - r)) distinct patch indices, sorted."""
+  num_keep = num_kept_tokens(num_tokens, drop_ratio)
   order = jnp.argsort(jax.random.uniform(rng, (batch, num_tokens)), axis=-1)
   return jnp.sort(order[:, :num_keep], axis=-1).astype(jnp.int32)  # (B, N')
 
@@ -165,7 +175,8 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x):
     d = x.shape[-1]
-    x = nn.Dense(4 * d, dtype=self.dtype, kernel_init=_trunc_normal, name="fc1")(x)
+    x = nn.Dense(ffn_hidden(d, "mlp"), dtype=self.dtype, kernel_init=_trunc_normal,
+                 name="fc1")(x)
     x = nn.gelu(x, approximate=False)
     return nn.Dense(d, dtype=self.dtype, kernel_init=_trunc_normal, name="fc2")(x)
 
@@ -177,7 +188,7 @@ class SwiGLUFFN(nn.Module):
   @nn.compact
   def __call__(self, x):
     d = x.shape[-1]
-    hidden = (int(4 * d * 2 / 3) + 7) // 8 * 8
+    hidden = ffn_hidden(d, "swiglu")
     x1, x2 = jnp.split(
         nn.Dense(2 * hidden, dtype=self.dtype, kernel_init=_trunc_normal, name="w12")(x), 2, -1)
     return nn.Dense(d, dtype=self.dtype, kernel_init=_trunc_normal, name="w3")(nn.silu(x1) * x2)
