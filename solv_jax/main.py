@@ -95,6 +95,8 @@ def main(argv):
   if config.model.get("encoder_blocks", 0):
     print(f"Note: only the first {config.model.encoder_blocks} DINOv2 block(s) run "
           "(config.model.encoder_blocks; 0 = all, as in the paper).", flush=True)
+  from solv_jax import sharding
+  sharding.apply_xla_flags(config.get("xla_flags", ""))
   run(config, workdir, flags.FLAGS.mode)
 
 

@@ -57,7 +57,8 @@ def emit(record: dict) -> dict:
   """Prints (and appends to --out) one measurement; returns it with the device fields."""
   import jax
   record = {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
-            "num_devices": jax.device_count(), **record}
+            "num_devices": jax.device_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            **record}
   RESULTS.append(record)
   line = json.dumps(record)
   print(line, flush=True)
@@ -365,6 +366,8 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   config = flags.FLAGS.config
+  from solv_jax import sharding
+  sharding.apply_xla_flags(config.get("xla_flags", ""))
   what = set(flags.FLAGS.what)
   rate = (matmul_rate() if what & {"matmul", "step", "merge", "drop", "profile", "gemm"}
           else None)
