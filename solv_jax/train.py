@@ -390,14 +390,21 @@ def _params_from(path: str, like):
 
 
 class _Console:
-  """One line per log step: step, loss, steps/s and ETA."""
+  """One line per log step: step, loss, steps/s and ETA.
 
-  def __init__(self, total: int, start: int):
-    self.total, self.start, self.t0 = total, start, time.time()
+  The rate is measured from the first log line on, so that it leaves out the compilation
+  (and a resume's restore) that the first interval carries; the first line has only that
+  interval to go by."""
+
+  def __init__(self, total: int, start: int, clock=time.time):
+    self.total, self.clock = total, clock
+    self.mark, self.past_first = (start, clock()), False
 
   def __call__(self, step: int, scalars: dict):
-    done = step - self.start
-    rate = done / max(time.time() - self.t0, 1e-9)
+    now = self.clock()
+    rate = (step - self.mark[0]) / max(now - self.mark[1], 1e-9)
+    if not self.past_first:
+      self.mark, self.past_first = (step, now), True
     eta = (self.total - step) / rate if rate > 0 else float("inf")
     print(f"step {step}/{self.total}  loss {scalars['loss']:.4f}  "
           f"grad_norm {scalars['grad_norm']:.3f}  lr {scalars['lr']:.2e}  "

@@ -29,6 +29,9 @@ def get_config(arg=None):
   config.data.shuffle_buffer = 8
   config.data.synthetic.update(dict(num_train=4, num_validation=1, num_frames=6, height=28,
                                     width=42, max_objects=3))
+  # XLA_FLAGS as the test process has them: the entry point in a subprocess and train.train()
+  # in this process must compile the same kernels to give bit-identical params.
+  config.xla_flags = ""
   config.train.batch_size = 2
   config.train.num_steps = 6
   config.train.log_every = 1

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 from tensorflow_datasets.core import utils as tfds_utils
 from tensorflow_datasets.core.dataset_builders import adhoc_builder
 from PIL import Image
@@ -41,6 +42,15 @@ from tqdm import tqdm
 INDEX_FILE = "solv_index.json"
 VOID_ID = 255  # stored id of void pixels ("ignore" in DAVIS); the loader maps it to -1
 _SHARD_BYTES = 64 << 20  # shards are the sampler's read unit: keep them small
+
+
+def _not_tfds_dtype_chatter(record) -> bool:
+  """TFDS's own Video feature reads its deprecated `.dtype` (tensorflow-datasets 4.9) and
+  logs a warning about it each time a dataset is built or loaded: nothing a user can act on."""
+  return "`FeatureConnector.dtype` is deprecated" not in str(record.msg)
+
+
+logging.get_absl_logger().addFilter(_not_tfds_dtype_chatter)
 
 
 def video_features(num_frames=None, height=None, width=None, encoding="jpeg"):
