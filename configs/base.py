@@ -35,7 +35,7 @@ def get_config(arg=None):
   # Appended to XLA_FLAGS before JAX starts by solv_jax.main and tools/benchmark.py (a flag
   # the environment already sets wins); a script of your own sets XLA_FLAGS itself.
   # XLA:CPU's YNNPACK fusions off, so that its dots run on Eigen: the YTVIS19 step on the
-  # 2-core CPU takes 9.8 s instead of 11.3 s (BENCHMARKS.md). CPU-only; GPU/TPU ignore it.
+  # 2-core CPU takes 9.8 s instead of 11.0 s (BENCHMARKS.md). CPU-only; GPU/TPU ignore it.
   config.xla_flags = "--xla_cpu_experimental_ynn_fusion_type="
 
   config.data = ml_collections.ConfigDict(dict(
