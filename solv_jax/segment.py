@@ -215,19 +215,24 @@ def read_video(path: str, max_frames: int | None = None) -> Video:
 # ----------------------------------------------------------------------------------------------
 # The model.
 # ----------------------------------------------------------------------------------------------
-def load_model(checkpoint: str, resolution: tuple[int, int] | None = None) -> LoadedModel:
+def load_model(checkpoint: str, resolution: tuple[int, int] | None = None, *,
+               xla_flags: bool = False) -> LoadedModel:
   """A workdir or an export .npz -> LoadedModel whose VideoSegmenter holds device params.
 
   resolution: only a check; SOLV runs at the resolution it was trained at (its decoder
   position embedding and G_abs are learned per token), so another one is an error.
+  xla_flags: apply the run's config.xla_flags (sharding.apply_xla_flags) before JAX opens a
+  backend, as the command line does; an error if a backend is already open and they differ.
   """
   import jax
-  from solv_jax import evaluate, export, train
+  from solv_jax import evaluate, export, sharding, train
   from solv_jax.models.solv import build_model
 
   _require(checkpoint, "--checkpoint", _CHECKPOINT_KINDS)
   if os.path.isdir(checkpoint):
     config = export.load_config(checkpoint)
+    if xla_flags:  # before orbax's restore opens a backend
+      sharding.apply_xla_flags(config.get("xla_flags", ""))
     step, params = export.restore_workdir(checkpoint)
     encoder, kind = None, "workdir"
   else:
@@ -237,6 +242,8 @@ def load_model(checkpoint: str, resolution: tuple[int, int] | None = None) -> Lo
       raise SegmentError(f"Cannot read export {checkpoint!r} ({_first_lines(e)}): expected a "
                          ".npz written by tools/export_numpy.py.") from e
     step, kind = None, "export"
+    if xla_flags:
+      sharding.apply_xla_flags(config.get("xla_flags", ""))
   trained = tuple(int(r) for r in config.data.resolution)
   if resolution is not None and tuple(resolution) != trained:
     h, w = trained
@@ -428,7 +435,7 @@ def main(argv=None) -> int:
       raise SegmentError(f"--out {args.out!r} exists and is not a folder.")
     _require(args.checkpoint, "--checkpoint", _CHECKPOINT_KINDS)  # before a long read
     video = read_video(args.video, args.max_frames or None)
-    loaded = load_model(args.checkpoint, args.resolution)
+    loaded = load_model(args.checkpoint, args.resolution, xla_flags=True)
   except (ValueError, FileNotFoundError) as e:  # SegmentError, or a bad config/weights file
     print(f"error: {e}", file=sys.stderr)
     return 1

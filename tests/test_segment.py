@@ -9,13 +9,14 @@ its inputs' RGB conversion against PIL's own `convert("RGB")`.
 """
 import json
 import os
+import shutil
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
 from PIL import Image, ImageSequence
 
-from solv_jax import checkpoints, evaluate, export, metrics, segment, train
+from solv_jax import checkpoints, evaluate, export, metrics, segment, sharding, train
 from solv_jax.data import pipeline, synthetic
 from solv_jax.models.solv import build_model
 from tests.tiny import tiny_config
@@ -203,3 +204,25 @@ def test_bad_checkpoints_fail_clearly(model, clip, tmp_path, capsys):
   # The trained resolution itself is accepted.
   h, w = config.data.resolution
   assert segment.load_model(workdir, (h, w)).info["resolution"] == [h, w]
+
+
+
+def test_command_applies_the_runs_xla_flags_before_restoring(model, clip, tmp_path, monkeypatch):
+  # As `python -m solv_jax.main` does, the run's config.xla_flags go to XLA before orbax opens
+  # a backend. One is open already in this process, so the call is recorded, not made.
+  workdir, _, _, config = model
+  run = str(tmp_path / "run")
+  shutil.copytree(workdir, run)
+  flagged = config.copy_and_resolve_references()
+  flagged.xla_flags = "--xla_cpu_experimental_ynn_fusion_type="
+  export.save_config(run, flagged)
+  calls, restore = [], export.restore_workdir
+  monkeypatch.setattr(sharding, "apply_xla_flags", lambda flags: calls.append(("flags", flags)))
+  monkeypatch.setattr(export, "restore_workdir",
+                      lambda *a, **k: calls.append(("restore",)) or restore(*a, **k))
+  folder = tmp_path / "frames"
+  folder.mkdir()
+  for t, frame in enumerate(clip):
+    Image.fromarray(frame).save(folder / f"{t}.png")
+  assert segment.main([f"--checkpoint={run}", f"--video={folder}", f"--out={tmp_path / 'o'}"]) == 0
+  assert calls == [("flags", flagged.xla_flags), ("restore",)]

@@ -219,3 +219,15 @@ def test_num_blocks_out_of_range_is_a_clear_error():
   with pytest.raises(ValueError, match="num_blocks must be in"):
     dinov2.DINOv2(TINY, num_blocks=TINY["depth"] + 1).apply({"params": params},
                                                            jnp.zeros((1, 28, 28, 3)))
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_attention_matches_torch_sdpa_and_survives_large_logits(scale):
+  # scale 30 puts logits in the hundreds: exp overflows unless the row max is subtracted.
+  rng = np.random.default_rng(3)
+  q, k, v = (rng.normal(size=(2, 37, 3, 16)).astype(np.float32) * s for s in (scale, scale, 1))
+  ours = np.asarray(dinov2.dot_product_attention(*map(jnp.asarray, (q, k, v))))
+  to_torch = lambda a: torch.from_numpy(a).transpose(1, 2)  # (B, H, T, Dh)
+  ref = F.scaled_dot_product_attention(*map(to_torch, (q, k, v))).transpose(1, 2).numpy()
+  assert np.isfinite(ours).all()
+  np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
