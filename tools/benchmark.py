@@ -6,6 +6,8 @@
   python tools/benchmark.py --config=configs/ytvis19.py --config.train.batch_size=2 \
       --what=profile --steps=3
   python tools/benchmark.py --config=configs/ytvis19.py --config.train.batch_size=2 --what=gemm
+  python tools/benchmark.py --config=configs/ytvis19.py --config.train.batch_size=2 \
+      --what=attention
 
 Prints one JSON line per measurement and a table at the end. Step time is the median of
 --steps timed steps after compilation (block_until_ready); FLOPs are XLA's cost analysis of
@@ -40,7 +42,8 @@ def define_flags() -> None:
                     "Any of matmul, step, merge, drop, eval, flops (count the step's FLOPs "
                     "without compiling or running it), profile (trace the step: time by model "
                     "part, pass and op kind), gemm (time the step's main matmul shapes alone: "
-                    "the utilisation XLA's kernels allow this model).")
+                    "the utilisation XLA's kernels allow this model), attention (the step's frozen "
+                    "DINOv2 forward with each attention variant: what attention costs).")
   flags.DEFINE_integer("steps", 5, "Timed steps per measurement (after compilation).")
   flags.DEFINE_integer("eval_frames", 30, "Frames of the evaluation video.")
   flags.DEFINE_integer("eval_repeats", 1, "Timed passes over the evaluation video.")
@@ -175,6 +178,65 @@ def stepper(compiled, state, frozen, batch, key):
   return run
 
 
+ATTENTION_VARIANTS = ("library", "solv_jax", "products_only", "none")
+
+
+def _attention_variant(name: str):
+  """(q, k, v) -> out, all (B, T, H, Dh): jax.nn.dot_product_attention, the port's
+  dinov2.dot_product_attention, the two products with no softmax between them (a lower bound,
+  not attention), or none (the values passed through: the encoder without attention)."""
+  import jax
+  import jax.numpy as jnp
+  from solv_jax.models import dinov2
+  if name == "products_only":
+    return lambda q, k, v: jnp.einsum("bhts,bshd->bthd", jnp.einsum("bthd,bshd->bhts", q, k), v)
+  return {"library": jax.nn.dot_product_attention, "solv_jax": dinov2.dot_product_attention,
+          "none": lambda q, k, v: v}[name]
+
+
+def bench_attention(config, repeats: int = 5) -> list[dict]:
+  """Times the train step's frozen DINOv2 forward alone (jit'd, median of `repeats` calls
+  after compilation) with each of ATTENTION_VARIANTS: the B x F frames with their kept tokens
+  and the B full middle frames that give the reconstruction targets. The differences to "none"
+  are what attention costs; `attention_flops` counts its two products."""
+  import jax
+  import jax.numpy as jnp
+  from solv_jax import train
+  from solv_jax.models import dinov2
+  from solv_jax.models.solv import build_model
+  model = build_model(config)
+  params = train.encoder_params(config, model)
+  v = dinov2.variant_config(config.model.encoder)
+  heads, d = v["num_heads"], v["embed_dim"]
+  blocks = config.model.encoder_blocks or v["depth"]
+  h, w = model.resolution
+  n = model.grid_hw[0] * model.grid_hw[1]
+  b, f = config.train.batch_size, model.num_frames
+  encoder = dinov2.DINOv2(config.model.encoder, dtype=jnp.dtype(config.model.encoder_dtype),
+                          num_blocks=config.model.encoder_blocks)
+  kept = dinov2.num_kept_tokens(n, config.model.token_drop)
+  keep_idx = dinov2.sample_keep_idx(jax.random.key(1), b * f, n, config.model.token_drop)
+  inputs = {"kept tokens": (b * f, keep_idx[:, :kept]), "full frames": (b, None)}
+  records, original = [], dinov2.dot_product_attention
+  try:
+    for name in ATTENTION_VARIANTS:
+      dinov2.dot_product_attention = _attention_variant(name)
+      for label, (frames, idx) in inputs.items():
+        images = jax.random.normal(jax.random.key(0), (frames, h, w, 3), jnp.float32)
+        fn = jax.jit(lambda p, x, i: encoder.apply({"params": p}, x, i)[0])
+        fn(params, images, idx).block_until_ready()
+        t = statistics.median(timed(lambda: fn(params, images, idx).block_until_ready(),
+                                    repeats))
+        tokens = (kept if idx is not None else n) + 1 + v["num_registers"]
+        records.append(emit({"what": "attention", "variant": name, "frames": label,
+                             "num_frames": frames, "tokens": tokens, "seconds": t,
+                             "attention_flops": 4.0 * frames * blocks * heads * tokens ** 2
+                             * (d // heads)}))
+  finally:
+    dinov2.dot_product_attention = original
+  return records
+
+
 def bench_step(config, label: str, rate: float | None, flops_only: bool = False,
                profile: bool = False, **extra) -> dict:
   """Times the jit'd train step. FLOPs come from XLA's cost analysis of the step's HLO before
@@ -220,7 +282,9 @@ def bench_step(config, label: str, rate: float | None, flops_only: bool = False,
       mem_stats.output_size_in_bytes)
   run = stepper(compiled, state, frozen, batch, key)
   run()  # warm-up
+  usage = resource.getrusage(resource.RUSAGE_SELF)
   times = timed(run, flags.FLAGS.steps)
+  after = resource.getrusage(resource.RUSAGE_SELF)
   t = statistics.median(times)
   mem, mem_kind = peak_memory_bytes()
   record = {"what": label, "batch_size": b, "resolution": [h, w],
@@ -233,7 +297,12 @@ def bench_step(config, label: str, rate: float | None, flops_only: bool = False,
             "utilisation": (flops / t) / rate if rate else None,
             "floor_seconds": flops / rate if rate else None,
             "peak_memory_bytes": mem, "memory_kind": mem_kind,
-            "xla_step_memory_bytes": xla_bytes, **extra}
+            "xla_step_memory_bytes": xla_bytes,
+            # The process's kernel time and minor page faults per timed step, all threads:
+            # on CPU, fresh pages for XLA's temporaries are faulted in (and zeroed) each step.
+            "system_cpu_seconds_per_step": (after.ru_stime - usage.ru_stime) / len(times),
+            "minor_page_faults_per_step": (after.ru_minflt - usage.ru_minflt) / len(times),
+            **extra}
   return emit(record)
 
 
@@ -387,6 +456,8 @@ def main(argv):
             "wall time, so the shares above are of that part only. On CPU, XLA's Eigen dots "
             "are missing from the trace; --config.xla_flags= (YNNPACK dots) traces them all.",
             flush=True)
+  if "attention" in what:
+    bench_attention(config)
   if "merge" in what:
     for backend in ("device", "host"):
       c = config.copy_and_resolve_references()
@@ -422,6 +493,10 @@ def main(argv):
       label = r.get("name", "all of the above, FLOP-weighted")
       print(f"| {r['what']}: {label} | - | - | {r['flops_per_second'] / 1e9:.1f} GFLOP/s | "
             f"{r['fraction_of_matmul_rate']:.1%} | - | - |")
+    elif r["what"] == "attention":
+      print(f"| attention={r['variant']}: DINOv2 forward, {r['num_frames']} x {r['frames']} "
+            f"({r['tokens']} tokens) | {r['seconds']:.3f} | - | "
+            f"{r['attention_flops'] / 1e9:.1f} (attention) | - | - | - |")
     elif "frames_per_second" in r:
       print(f"| {r['what']} | {r['seconds']:.2f} s / {r['frames']} frames | "
             f"{r['frames_per_second']:.2f} frames/s | | | |")

@@ -34,6 +34,7 @@ def test_step_flops_from_hlo_match_the_compiled_count_and_flops_mode():
   assert step["utilisation"] == pytest.approx(
       step["flops_per_step"] / step["step_seconds"] / rows["matmul"]["flops_per_second"])
   assert len(step["step_seconds_all"]) == 2 and step["batch_size"] == 2
+  assert {"system_cpu_seconds_per_step", "minor_page_faults_per_step"} <= step.keys()
 
 
 def test_drop_sweep_measures_each_ratio_and_writes_the_plot(tmp_path):
@@ -92,3 +93,17 @@ def test_gemm_shapes_of_the_ytvis_recipe_hand_computed():
   # Decoder: 2 clips x 8 slots x 864 positions; 3 hidden-to-hidden layers, forward + backward.
   assert shapes["decoder hidden layer"] == dict(name="decoder hidden layer", batch=1,
                                                 m=13824, k=1024, n=1024, count=9)
+
+
+def test_attention_mode_times_each_variant_on_the_steps_frames():
+  rows = [r for r in _run("--what=attention") if r["what"] == "attention"]
+  assert [(r["variant"], r["frames"]) for r in rows] == [
+      (v, f) for v in ("library", "solv_jax", "products_only", "none")
+      for f in ("kept tokens", "full frames")]
+  # tests/tiny.py: 42x56 -> 3 x 4 = 12 patches, 6 kept (drop 0.5) + CLS; ViT-S/14: 12 blocks,
+  # 6 heads of 64; batch 2 x 5 frames with kept tokens, 2 full middle frames (12 + CLS).
+  kept, full = rows[0], rows[1]
+  assert (kept["num_frames"], kept["tokens"], full["num_frames"], full["tokens"]) == (10, 7, 2, 13)
+  assert kept["attention_flops"] == 2 * 2 * 10 * 12 * 6 * 7 * 7 * 64
+  assert full["attention_flops"] == 2 * 2 * 2 * 12 * 6 * 13 * 13 * 64
+  assert all(r["seconds"] > 0 for r in rows)
