@@ -222,7 +222,7 @@ def load_model(checkpoint: str, resolution: tuple[int, int] | None = None, *,
   resolution: only a check; SOLV runs at the resolution it was trained at (its decoder
   position embedding and G_abs are learned per token), so another one is an error.
   xla_flags: apply the run's config.xla_flags (sharding.apply_xla_flags) before JAX opens a
-  backend, as the command line does; an error if a backend is already open and they differ.
+  backend, as the command line does; if one is open already (e.g. in a notebook), a warning.
   """
   import jax
   from solv_jax import evaluate, export, sharding, train
@@ -232,7 +232,7 @@ def load_model(checkpoint: str, resolution: tuple[int, int] | None = None, *,
   if os.path.isdir(checkpoint):
     config = export.load_config(checkpoint)
     if xla_flags:  # before orbax's restore opens a backend
-      sharding.apply_xla_flags(config.get("xla_flags", ""))
+      sharding.apply_xla_flags(config.get("xla_flags", ""), strict=False)
     step, params = export.restore_workdir(checkpoint)
     encoder, kind = None, "workdir"
   else:
@@ -243,7 +243,7 @@ def load_model(checkpoint: str, resolution: tuple[int, int] | None = None, *,
                          ".npz written by tools/export_numpy.py.") from e
     step, kind = None, "export"
     if xla_flags:
-      sharding.apply_xla_flags(config.get("xla_flags", ""))
+      sharding.apply_xla_flags(config.get("xla_flags", ""), strict=False)
   trained = tuple(int(r) for r in config.data.resolution)
   if resolution is not None and tuple(resolution) != trained:
     h, w = trained

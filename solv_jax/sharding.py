@@ -7,6 +7,7 @@ slice of the global batch.
 from __future__ import annotations
 
 import os
+import warnings
 
 import jax
 import numpy as np
@@ -19,17 +20,22 @@ def merge_xla_flags(current: str, extra: str) -> str:
   return " ".join(current.split() + [f for f in extra.split() if f.split("=", 1)[0] not in have])
 
 
-def apply_xla_flags(extra: str) -> str:
+def apply_xla_flags(extra: str, strict: bool = True) -> str:
   """Adds config.xla_flags to the XLA_FLAGS environment variable, which XLA reads once, when
   JAX first opens a backend; the user's own XLA_FLAGS take precedence flag by flag. Returns
-  the XLA_FLAGS in effect. Raises if a backend is already open and the flags would change."""
+  the XLA_FLAGS in effect. If a backend is already open and the flags would change, raises
+  (strict) or warns and leaves them as they are (the flags only change speed)."""
   current = os.environ.get("XLA_FLAGS", "")
   merged = merge_xla_flags(current, extra or "")
   if merged != " ".join(current.split()):
     from jax._src import xla_bridge  # no public API says whether a backend is open
     if xla_bridge.backends_are_initialized():
-      raise RuntimeError(f"config.xla_flags={extra!r} must be applied before JAX opens a "
-                         "backend (call apply_xla_flags first, or set XLA_FLAGS).")
+      message = (f"config.xla_flags={extra!r} must be applied before JAX opens a backend "
+                 "(call apply_xla_flags first, or set XLA_FLAGS).")
+      if strict:
+        raise RuntimeError(message)
+      warnings.warn(f"{message} Running without them.", RuntimeWarning, stacklevel=2)
+      return current
     os.environ["XLA_FLAGS"] = merged
   return os.environ.get("XLA_FLAGS", "")
 

@@ -209,7 +209,8 @@ def test_bad_checkpoints_fail_clearly(model, clip, tmp_path, capsys):
 
 def test_command_applies_the_runs_xla_flags_before_restoring(model, clip, tmp_path, monkeypatch):
   # As `python -m solv_jax.main` does, the run's config.xla_flags go to XLA before orbax opens
-  # a backend. One is open already in this process, so the call is recorded, not made.
+  # a backend. One is open already in this process, so the call is recorded, not made (the
+  # other tests here run with the real one: it warns and goes on).
   workdir, _, _, config = model
   run = str(tmp_path / "run")
   shutil.copytree(workdir, run)
@@ -217,7 +218,8 @@ def test_command_applies_the_runs_xla_flags_before_restoring(model, clip, tmp_pa
   flagged.xla_flags = "--xla_cpu_experimental_ynn_fusion_type="
   export.save_config(run, flagged)
   calls, restore = [], export.restore_workdir
-  monkeypatch.setattr(sharding, "apply_xla_flags", lambda flags: calls.append(("flags", flags)))
+  monkeypatch.setattr(sharding, "apply_xla_flags",
+                      lambda flags, strict: calls.append(("flags", flags, strict)))
   monkeypatch.setattr(export, "restore_workdir",
                       lambda *a, **k: calls.append(("restore",)) or restore(*a, **k))
   folder = tmp_path / "frames"
@@ -225,4 +227,4 @@ def test_command_applies_the_runs_xla_flags_before_restoring(model, clip, tmp_pa
   for t, frame in enumerate(clip):
     Image.fromarray(frame).save(folder / f"{t}.png")
   assert segment.main([f"--checkpoint={run}", f"--video={folder}", f"--out={tmp_path / 'o'}"]) == 0
-  assert calls == [("flags", flagged.xla_flags), ("restore",)]
+  assert calls == [("flags", flagged.xla_flags, False), ("restore",)]

@@ -58,6 +58,11 @@ def test_too_late_is_an_error(monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=true")
   assert sharding.apply_xla_flags("--xla_cpu_enable_fast_math=false") == (
       "--xla_cpu_enable_fast_math=true")
+  # not strict (segmenting in a notebook): a warning, and the flags stay as they are
+  monkeypatch.setenv("XLA_FLAGS", "")
+  with pytest.warns(RuntimeWarning, match="Running without them"):
+    assert sharding.apply_xla_flags("--xla_cpu_enable_fast_math=false", strict=False) == ""
+  assert os.environ["XLA_FLAGS"] == ""
 
 
 def test_recipes_set_the_flag_and_the_demo_does_not():
