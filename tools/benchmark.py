@@ -214,9 +214,9 @@ def bench_attention(config, repeats: int = 5) -> list[dict]:
   b, f = config.train.batch_size, model.num_frames
   encoder = dinov2.DINOv2(config.model.encoder, dtype=jnp.dtype(config.model.encoder_dtype),
                           num_blocks=config.model.encoder_blocks)
-  kept = dinov2.num_kept_tokens(n, config.model.token_drop)
   keep_idx = dinov2.sample_keep_idx(jax.random.key(1), b * f, n, config.model.token_drop)
-  inputs = {"kept tokens": (b * f, keep_idx[:, :kept]), "full frames": (b, None)}
+  kept = keep_idx.shape[1]
+  inputs = {"kept tokens": (b * f, keep_idx), "full frames": (b, None)}
   records, original = [], dinov2.dot_product_attention
   try:
     for name in ATTENTION_VARIANTS:

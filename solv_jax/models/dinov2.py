@@ -157,10 +157,10 @@ def dot_product_attention(q, k, v):
   """softmax(q k^T / sqrt(Dh)) v for q, k, v of shape (B, T, H, Dh).
 
   In float32 the softmax is normalised after the value product: exp(s - max s) @ v is divided
-  by the row sums, a (T, Dh) division instead of a (T, T) one. Equal to
-  jax.nn.dot_product_attention up to float32 rounding (tests/models/test_dinov2.py). It spares
+  by the row sums, a (T, Dh) division instead of a (T, T) one. Matches torch's
+  scaled_dot_product_attention to float32 rounding (tests/models/test_dinov2.py). It spares
   XLA:CPU a read and a write of the logits, which do not fit in cache at the recipes' token
-  counts: the YTVIS19 train step is about 0.4 s faster (BENCHMARKS.md). Other dtypes keep
+  counts: the YTVIS19 train step is 0.3-0.6 s faster on CPU (BENCHMARKS.md). Other dtypes keep
   jax.nn.dot_product_attention, which computes the softmax in float32.
   """
   if q.dtype != jnp.float32:
