@@ -106,20 +106,28 @@ def matmul_rate() -> float:
   return rate
 
 
+def _dinov2_dims(config):
+  """The step's DINOv2 arithmetic, shared by gemm_shapes and bench_attention: (SOLV model,
+  variant config, blocks run, patches per frame N, batch B, frames per window F, tokens
+  before the patches: CLS and registers)."""
+  from solv_jax.models import dinov2
+  from solv_jax.models.solv import build_model
+  model = build_model(config)
+  v = dinov2.variant_config(config.model.encoder)
+  return (model, v, config.model.encoder_blocks or v["depth"],
+          model.grid_hw[0] * model.grid_hw[1], config.train.batch_size, model.num_frames,
+          1 + v["num_registers"])
+
+
 def gemm_shapes(config) -> list[dict]:
   """The train step's main matmul shapes, from the config: DINOv2 on the kept tokens of the
   2n+1 frames (qkv, attention logits and values, projection, feed-forward) and the decoder's
   hidden layer over B x K x N rows. `count` is how many times the step runs it (forward only
   for the frozen encoder; x3 for the trainable decoder's forward and two backward products)."""
   from solv_jax.models import dinov2
-  from solv_jax.models.solv import build_model
-  model = build_model(config)
-  v = dinov2.variant_config(config.model.encoder)
+  model, v, blocks, n, b, f, prefix = _dinov2_dims(config)
   d, heads = v["embed_dim"], v["num_heads"]
-  blocks = config.model.encoder_blocks or v["depth"]
-  n = model.grid_hw[0] * model.grid_hw[1]
-  b, f = config.train.batch_size, model.num_frames
-  t = dinov2.num_kept_tokens(n, config.model.token_drop) + 1 + v["num_registers"]  # + CLS
+  t = dinov2.num_kept_tokens(n, config.model.token_drop) + prefix
   m = b * f * t
   hidden = dinov2.ffn_hidden(d, v["ffn"])
   fc1_out = hidden if v["ffn"] == "mlp" else 2 * hidden  # SwiGLU: w12 holds both halves
@@ -203,15 +211,10 @@ def bench_attention(config, repeats: int = 5) -> list[dict]:
   import jax.numpy as jnp
   from solv_jax import train
   from solv_jax.models import dinov2
-  from solv_jax.models.solv import build_model
-  model = build_model(config)
-  params = train.encoder_params(config, model)
-  v = dinov2.variant_config(config.model.encoder)
+  model, v, blocks, n, b, f, prefix = _dinov2_dims(config)
   heads, d = v["num_heads"], v["embed_dim"]
-  blocks = config.model.encoder_blocks or v["depth"]
+  params = train.encoder_params(config, model)
   h, w = model.resolution
-  n = model.grid_hw[0] * model.grid_hw[1]
-  b, f = config.train.batch_size, model.num_frames
   encoder = dinov2.DINOv2(config.model.encoder, dtype=jnp.dtype(config.model.encoder_dtype),
                           num_blocks=config.model.encoder_blocks)
   keep_idx = dinov2.sample_keep_idx(jax.random.key(1), b * f, n, config.model.token_drop)
@@ -227,7 +230,7 @@ def bench_attention(config, repeats: int = 5) -> list[dict]:
         fn(params, images, idx).block_until_ready()
         t = statistics.median(timed(lambda: fn(params, images, idx).block_until_ready(),
                                     repeats))
-        tokens = (kept if idx is not None else n) + 1 + v["num_registers"]
+        tokens = (kept if idx is not None else n) + prefix
         records.append(emit({"what": "attention", "variant": name, "frames": label,
                              "num_frames": frames, "tokens": tokens, "seconds": t,
                              "attention_flops": 4.0 * frames * blocks * heads * tokens ** 2
