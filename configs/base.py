@@ -56,6 +56,7 @@ def get_config(arg=None):
       encoder="vitb14",
       encoder_weights="",        # converted params file (tools/convert_dinov2.py); '' = random
       encoder_dtype="float32",   # float32 | bfloat16 (DINOv2 forward only)
+      compute_dtype="float32",   # float32 | bfloat16: trainable per-token layers (params f32)
       encoder_blocks=0,          # 0 = all blocks (paper); L = use block L's tokens
       num_slots=8,
       slot_dim=128,

@@ -86,6 +86,8 @@ def validate_config(config) -> None:
         f"not a DINOv2 variant; choose one of {sorted(dinov2.VARIANTS)}.")
   check(m.encoder_dtype in ("float32", "bfloat16"), "model.encoder_dtype", m.encoder_dtype,
         "must be 'float32' or 'bfloat16'.")
+  check(m.compute_dtype in ("float32", "bfloat16"), "model.compute_dtype", m.compute_dtype,
+        "must be 'float32' or 'bfloat16'.")
   if m.encoder in dinov2.VARIANTS:
     depth = dinov2.VARIANTS[m.encoder]["depth"]
     blocks = m.get("encoder_blocks", 0)

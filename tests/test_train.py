@@ -153,6 +153,8 @@ def test_bad_configs_fail_before_anything_is_built(tmp_path):
            ("model", "encoder_blocks", 13, r"encoder_blocks = 13: must be 0 \(all blocks\) "
             r"or 1..12 for vits14"),
            ("model", "encoder", "vitx14", r"encoder = 'vitx14': not a DINOv2 variant"),
+           ("model", "compute_dtype", "float16", r"compute_dtype = 'float16': must be "
+            r"'float32' or 'bfloat16'"),
            ("model", "temporal_heads", 3, r"temporal_heads = 3: must divide "
             r"config.model.slot_dim = 16"),
            ("train", "checkpoint_every", 0, r"checkpoint_every = 0: must be >= 1"),

@@ -121,26 +121,30 @@ def _dinov2_dims(config):
 
 def gemm_shapes(config) -> list[dict]:
   """The train step's main matmul shapes, from the config: DINOv2 on the kept tokens of the
-  2n+1 frames (qkv, attention logits and values, projection, feed-forward) and the decoder's
-  hidden layer over B x K x N rows. `count` is how many times the step runs it (forward only
-  for the frozen encoder; x3 for the trainable decoder's forward and two backward products)."""
+  2n+1 frames and on all tokens of the middle frame (the loss target), each with qkv,
+  attention logits and values, projection and feed-forward, and the decoder's hidden layer
+  over B x K x N rows. `count` is how many times the step runs it (forward only for the
+  frozen encoder; x3 for the trainable decoder's forward and two backward products)."""
   from solv_jax.models import dinov2
   model, v, blocks, n, b, f, prefix = _dinov2_dims(config)
   d, heads = v["embed_dim"], v["num_heads"]
-  t = dinov2.num_kept_tokens(n, config.model.token_drop) + prefix
-  m = b * f * t
   hidden = dinov2.ffn_hidden(d, v["ffn"])
   fc1_out = hidden if v["ffn"] == "mlp" else 2 * hidden  # SwiGLU: w12 holds both halves
+  shapes = []
+  for frames, t, label in ((b * f, dinov2.num_kept_tokens(n, config.model.token_drop) + prefix,
+                            ""), (b, n + prefix, ", full middle frames")):
+    m = frames * t
+    shapes += [
+        dict(name=f"dinov2 qkv{label}", batch=1, m=m, k=d, n=3 * d, count=blocks),
+        dict(name=f"dinov2 attention logits{label}", batch=frames * heads, m=t, k=d // heads,
+             n=t, count=blocks),
+        dict(name=f"dinov2 attention x values{label}", batch=frames * heads, m=t, k=t,
+             n=d // heads, count=blocks),
+        dict(name=f"dinov2 projection{label}", batch=1, m=m, k=d, n=d, count=blocks),
+        dict(name=f"dinov2 mlp fc1{label}", batch=1, m=m, k=d, n=fc1_out, count=blocks),
+        dict(name=f"dinov2 mlp fc2{label}", batch=1, m=m, k=hidden, n=d, count=blocks)]
   rows = b * config.model.num_slots * n
-  return [
-      dict(name="dinov2 qkv", batch=1, m=m, k=d, n=3 * d, count=blocks),
-      dict(name="dinov2 attention logits", batch=b * f * heads, m=t, k=d // heads, n=t,
-           count=blocks),
-      dict(name="dinov2 attention x values", batch=b * f * heads, m=t, k=t, n=d // heads,
-           count=blocks),
-      dict(name="dinov2 projection", batch=1, m=m, k=d, n=d, count=blocks),
-      dict(name="dinov2 mlp fc1", batch=1, m=m, k=d, n=fc1_out, count=blocks),
-      dict(name="dinov2 mlp fc2", batch=1, m=m, k=hidden, n=d, count=blocks),
+  return shapes + [
       dict(name="decoder hidden layer", batch=1, m=rows, k=config.model.decoder_hidden,
            n=config.model.decoder_hidden, count=3 * (config.model.decoder_layers - 2)),
   ]
@@ -293,7 +297,8 @@ def bench_step(config, label: str, rate: float | None, flops_only: bool = False,
   record = {"what": label, "batch_size": b, "resolution": [h, w],
             "num_slots": config.model.num_slots, "token_drop": config.model.token_drop,
             "merge": bool(config.model.merge), "merge_backend": config.model.merge_backend,
-            "encoder_dtype": config.model.encoder_dtype, "step_seconds": t,
+            "encoder_dtype": config.model.encoder_dtype,
+            "compute_dtype": config.model.compute_dtype, "step_seconds": t,
             "step_seconds_all": times, "clips_per_second": b / t, "compile_seconds": compile_s,
             "flops_per_step": flops, "compiled_flops_per_step": compiled_flops,
             "achieved_flops_per_second": flops / t,

@@ -6,8 +6,13 @@ merged attention over the kept positions of the middle frame (eq. 15), the relat
 ALL N positions (eq. 14) is projected by its own Dense h and added to the broadcast slot and a
 learned position embedding. The mapper MLP outputs features y_hat (N, D) and alpha (N) per
 slot; the masks are a softmax of alpha over the valid slots (exactly 0 on invalid rows).
+
+With dtype bfloat16 (config.model.compute_dtype) h and the mapper's Dense layers compute in
+bfloat16; the grid algebra, the mask softmax and the reconstruction stay float32.
 """
 from __future__ import annotations
+
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -24,6 +29,7 @@ class Decoder(nn.Module):
   delta: float = 5.0
   clamp_scales: bool = False
   relative_grid: bool = True  # False for the vanilla slot attention ablation (no grids)
+  dtype: Any = None  # compute dtype of h and the mapper (None = float32)
 
   @nn.compact
   def __call__(self, slots, attn=None, valid=None, keep_idx=None, grid_abs=None):
@@ -53,12 +59,14 @@ class Decoder(nn.Module):
       self.sow("intermediates", "slot_scale", slot_scale)
       g_rel = relative_grid(grid_abs, slot_pos, slot_scale, self.delta,
                             self.clamp_scales)  # eq. (14) over all N: (B, K, N, 2)
-      x = x + nn.Dense(d_slot, name="grid_proj")(g_rel)  # h(G_rel)
+      x = x + nn.Dense(d_slot, dtype=self.dtype, name="grid_proj")(g_rel)  # h(G_rel)
 
     # psi_mapper: D_slot -> hidden x (num_layers - 1) -> D + 1, ReLU between.
     for i in range(self.num_layers - 1):
-      x = nn.relu(nn.Dense(self.hidden, name=f"mlp_{i}")(x))
-    x = nn.Dense(self.feature_dim + 1, name=f"mlp_{self.num_layers - 1}")(x)  # (B, K, N, D+1)
+      x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name=f"mlp_{i}")(x))
+    x = nn.Dense(self.feature_dim + 1, dtype=self.dtype,
+                 name=f"mlp_{self.num_layers - 1}")(x)  # (B, K, N, D+1)
+    x = x.astype(jnp.float32)
     features, alpha = x[..., :-1], x[..., -1]  # (B, K, N, D), (B, K, N)
 
     alpha = jnp.where(valid[..., None], alpha, -jnp.inf)

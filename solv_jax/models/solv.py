@@ -38,6 +38,7 @@ class SOLV(nn.Module):
   num_frames: int = 5  # F = 2n + 1
   encoder_variant: Any = "vitb14"  # DINOv2 variant name (or a sizes dict, for tests)
   encoder_dtype: Any = "float32"
+  compute_dtype: Any = "float32"  # float32 | bfloat16: the trainable per-token layers
   encoder_blocks: int = 0  # 0 = all DINOv2 blocks; L > 0 = features of block L
   num_slots: int = 8
   slot_dim: int = 128
@@ -63,6 +64,7 @@ class SOLV(nn.Module):
     kwargs = dict(
         resolution=tuple(int(r) for r in resolution), num_frames=int(num_frames),
         encoder_variant=c.encoder, encoder_dtype=c.encoder_dtype,
+        compute_dtype=c.get("compute_dtype", "float32"),
         encoder_blocks=int(c.get("encoder_blocks", 0)), num_slots=c.num_slots,
         slot_dim=c.slot_dim, slot_iters=c.slot_iters, token_drop=c.token_drop,
         spatial_binding_type=c.spatial_binding, use_temporal_binding=bool(c.temporal_binding),
@@ -97,7 +99,8 @@ class SOLV(nn.Module):
     self.spatial_binding = build_spatial_binding(
         self.spatial_binding_type, num_slots=self.num_slots, grid_hw=(gh, gw),
         slot_dim=self.slot_dim, iters=self.slot_iters, delta=self.delta,
-        clamp_scales=self.clamp_scales, dropout=self.dropout)
+        clamp_scales=self.clamp_scales, dropout=self.dropout,
+        dtype=jnp.dtype(self.compute_dtype))
     if self.use_temporal_binding:
       self.temporal_binding = TemporalBinding(self.num_frames, self.temporal_layers,
                                               self.temporal_heads, 4, self.dropout)
@@ -105,7 +108,8 @@ class SOLV(nn.Module):
                            num_layers=self.decoder_layers, delta=self.delta,
                            clamp_scales=self.clamp_scales,
                            relative_grid=self.spatial_binding_type == "invariant",
-                           feature_dim=variant_config(self.encoder_variant)["embed_dim"])
+                           feature_dim=variant_config(self.encoder_variant)["embed_dim"],
+                           dtype=jnp.dtype(self.compute_dtype))
 
   # --------------------------------------------------------------------------------------------
   # Phi_vis-enc

@@ -64,6 +64,14 @@ def relative_grid(grid: jax.Array, slot_pos: jax.Array, slot_scale: jax.Array, d
       delta * slot_scale[..., :, None, :])
 
 
+def dot(spec: str, a: jax.Array, b: jax.Array, dtype: Any = None) -> jax.Array:
+  """jnp.einsum in float32, or with both operands in `dtype` (e.g. bfloat16) and a float32
+  result: the mixed-precision products of `config.model.compute_dtype`."""
+  if dtype is None or jnp.dtype(dtype) == jnp.float32:
+    return jnp.einsum(spec, a, b)
+  return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+
+
 # ----------------------------------------------------------------------------------------------
 # Building blocks.
 # ----------------------------------------------------------------------------------------------
@@ -114,23 +122,32 @@ class ResidualMLP(nn.Module):
 
 
 class InputProjection(nn.Module):
-  """LayerNorm(D) -> Dense(D) -> ReLU -> Dense(D_slot) -> LayerNorm(D_slot) (App. B.2)."""
+  """LayerNorm(D) -> Dense(D) -> ReLU -> Dense(D_slot) -> LayerNorm(D_slot) (App. B.2).
+
+  dtype: the Dense layers' compute dtype; the norms compute in and return float32.
+  """
   slot_dim: int
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x):  # (B, N', D) -> (B, N', D_slot)
     d = x.shape[-1]
     x = nn.LayerNorm(epsilon=LN_EPS, name="norm_in")(x)
-    x = nn.relu(nn.Dense(d, name="fc1")(x))
-    x = nn.Dense(self.slot_dim, name="fc2")(x)
-    return nn.LayerNorm(epsilon=LN_EPS, name="norm_out")(x)
+    x = nn.relu(nn.Dense(d, dtype=self.dtype, name="fc1")(x))
+    x = nn.Dense(self.slot_dim, dtype=self.dtype, name="fc2")(x)
+    return nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32, name="norm_out")(x)
 
 
 # ----------------------------------------------------------------------------------------------
 # Slot attention modules.
 # ----------------------------------------------------------------------------------------------
 class InvariantSlotAttention(nn.Module):
-  """ISA with shared learned initialisation (eqs. 13-17); `iters` updates, iters + 1 passes."""
+  """ISA with shared learned initialisation (eqs. 13-17); `iters` updates, iters + 1 passes.
+
+  dtype (None = float32): compute dtype of the per-token layers (input projection, k, v, g,
+  f) and of the two attention products, which accumulate in float32. The slots, their GRU
+  and MLP, the softmax, W and the grid algebra stay float32.
+  """
   num_slots: int
   grid_hw: tuple[int, int]  # (h, w) patch grid of a full frame, N = h * w
   slot_dim: int = 128
@@ -139,6 +156,7 @@ class InvariantSlotAttention(nn.Module):
   clamp_scales: bool = False
   dropout: float = 0.1
   epsilon: float = EPSILON
+  dtype: Any = None
 
   def setup(self):
     k, d = self.num_slots, self.slot_dim
@@ -149,13 +167,14 @@ class InvariantSlotAttention(nn.Module):
     self.slot_scale = self.param("slot_scale", nn.initializers.normal(0.02), (k, 2))  # S_s
     self.grid_abs = self.param(  # G_abs: (N, 2), learned
         "grid_abs", lambda key, shape: grid_abs_init(self.grid_hw).reshape(shape), (n, 2))
-    self.project_inputs = InputProjection(d)
+    self.project_inputs = InputProjection(d, self.dtype)
     self.norm_slots = nn.LayerNorm(epsilon=LN_EPS)
     self.to_q = nn.Dense(d, use_bias=False)  # q
-    self.to_k = nn.Dense(d, use_bias=False)  # k
-    self.to_v = nn.Dense(d, use_bias=False)  # v
-    self.grid_proj = nn.Dense(d)  # g: 2 -> D_slot
-    self.kv_mlp = [nn.Dense(d), nn.Dense(d)]  # f (p in eq. 13), shared by keys and values
+    self.to_k = nn.Dense(d, use_bias=False, dtype=self.dtype)  # k
+    self.to_v = nn.Dense(d, use_bias=False, dtype=self.dtype)  # v
+    self.grid_proj = nn.Dense(d, dtype=self.dtype)  # g: 2 -> D_slot
+    # f (p in eq. 13), shared by keys and values
+    self.kv_mlp = [nn.Dense(d, dtype=self.dtype), nn.Dense(d, dtype=self.dtype)]
     self.gru = GRUCell(d)
     self.mlp = ResidualMLP(4 * d, self.dropout)
     self.to_out = nn.Dense(d)
@@ -185,10 +204,10 @@ class InvariantSlotAttention(nn.Module):
       keys = self._f(kx + g)  # (B, K, N', D_slot)
       values = self._f(vx + g)  # (B, K, N', D_slot)
       q = self.to_q(z)  # (B, K, D_slot)
-      logits = jnp.einsum("bkd,bknd->bkn", q, keys) / math.sqrt(d)  # eq. (13): (B, K, N')
+      logits = dot("bkd,bknd->bkn", q, keys, self.dtype) / math.sqrt(d)  # eq. (13): (B, K, N')
       attn = jax.nn.softmax(logits, axis=1) + self.epsilon  # softmax over slots
       attn = attn / jnp.sum(attn, axis=-1, keepdims=True)  # W, eq. (16)
-      updates = jnp.einsum("bkn,bknd->bkd", attn, values)  # U, eq. (16): (B, K, D_slot)
+      updates = dot("bkn,bknd->bkd", attn, values, self.dtype)  # U, eq. (16): (B, K, D_slot)
       slot_pos, slot_scale = slot_pos_scale(attn, grid)  # eq. (15)
       self.sow("intermediates", "slot_pos", slot_pos)  # one entry per pass
       self.sow("intermediates", "slot_scale", slot_scale)
@@ -210,6 +229,7 @@ class SlotAttention(nn.Module):
   iters: int = 3
   dropout: float = 0.1
   epsilon: float = EPSILON
+  dtype: Any = None  # as in InvariantSlotAttention: input projection, k, v, the products
 
   @nn.compact
   def __call__(self, inputs, keep_idx=None, *, train: bool = False):
@@ -217,9 +237,9 @@ class SlotAttention(nn.Module):
     del keep_idx
     b = inputs.shape[0]
     k, d = self.num_slots, self.slot_dim
-    x = InputProjection(d, name="project_inputs")(inputs)  # (B, N', D_slot)
-    keys = nn.Dense(d, use_bias=False, name="to_k")(x)  # (B, N', D_slot)
-    values = nn.Dense(d, use_bias=False, name="to_v")(x)  # (B, N', D_slot)
+    x = InputProjection(d, self.dtype, name="project_inputs")(inputs)  # (B, N', D_slot)
+    keys = nn.Dense(d, use_bias=False, dtype=self.dtype, name="to_k")(x)  # (B, N', D_slot)
+    values = nn.Dense(d, use_bias=False, dtype=self.dtype, name="to_v")(x)  # (B, N', D_slot)
     norm_slots = nn.LayerNorm(epsilon=LN_EPS, name="norm_slots")
     to_q = nn.Dense(d, use_bias=False, name="to_q")
     gru, mlp = GRUCell(d, name="gru"), ResidualMLP(4 * d, self.dropout, name="mlp")
@@ -228,10 +248,10 @@ class SlotAttention(nn.Module):
     for t in range(self.iters + 1):
       z_prev = z
       z = norm_slots(z)
-      logits = jnp.einsum("bkd,bnd->bkn", to_q(z), keys) / math.sqrt(d)  # (B, K, N')
+      logits = dot("bkd,bnd->bkn", to_q(z), keys, self.dtype) / math.sqrt(d)  # (B, K, N')
       attn = jax.nn.softmax(logits, axis=1) + self.epsilon
       attn = attn / jnp.sum(attn, axis=-1, keepdims=True)
-      updates = jnp.einsum("bkn,bnd->bkd", attn, values)  # (B, K, D_slot)
+      updates = dot("bkn,bnd->bkd", attn, values, self.dtype)  # (B, K, D_slot)
       if t < self.iters:
         z = mlp(gru(z_prev, updates), train=train)
     return nn.Dense(d, name="to_out")(z), attn
@@ -240,11 +260,11 @@ class SlotAttention(nn.Module):
 def build_spatial_binding(kind: str, *, num_slots: int, grid_hw: tuple[int, int],
                           slot_dim: int = 128, iters: int = 3, delta: float = 5.0,
                           clamp_scales: bool = False, dropout: float = 0.1,
-                          name: str | None = None) -> nn.Module:
+                          dtype: Any = None, name: str | None = None) -> nn.Module:
   """'invariant' (SOLV, ISA) or 'vanilla' (Locatello et al.) spatial binding."""
   if kind == "invariant":
     return InvariantSlotAttention(num_slots, tuple(grid_hw), slot_dim, iters, delta,
-                                  clamp_scales, dropout, name=name)
+                                  clamp_scales, dropout, dtype=dtype, name=name)
   if kind == "vanilla":
-    return SlotAttention(num_slots, slot_dim, iters, dropout, name=name)
+    return SlotAttention(num_slots, slot_dim, iters, dropout, dtype=dtype, name=name)
   raise ValueError(f"config.model.spatial_binding must be 'invariant' or 'vanilla', got {kind!r}.")

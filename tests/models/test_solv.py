@@ -219,3 +219,38 @@ def test_table3_models_are_config_switches(name, spatial, temporal, merge):
   assert ("grid_abs" in params["spatial_binding"]) == (spatial == "invariant"), name
   assert ("grid_proj" in params["decoder"]) == (spatial == "invariant"), name
   assert out["masks"].shape == (B, 4, N)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_follows_the_float32_model():
+  """config.model.compute_dtype=bfloat16: the trainable per-token layers and the slot
+  attention products compute in bfloat16; params, softmaxes, the loss and grads stay float32
+  and agree with the float32 model's to bfloat16 precision."""
+  model, params = init()
+  bf16 = tiny_model(compute_dtype="bfloat16")
+  video, frame_mask = batch()
+  init16 = jax.jit(functools.partial(bf16.init, train=True, merge_prob=0.5))(
+      {"params": jax.random.key(0), **RNGS}, video, frame_mask)["params"]
+  jax.tree.map(np.testing.assert_array_equal, init16, params)  # same params, same init
+  assert {leaf.dtype for leaf in jax.tree.leaves(init16)} == {jnp.dtype(jnp.float32)}
+
+  def loss_fn(m):
+    def loss(p):
+      out = m.apply({"params": p}, video, frame_mask, train=True, merge_prob=1.0, rngs=RNGS)
+      return out["loss"], out
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))
+
+  hlo = {m.compute_dtype: loss_fn(m).lower(params).as_text() for m in (model, bf16)}
+  assert "bf16" in hlo["bfloat16"] and "bf16" not in hlo["float32"]
+
+  (loss32, out32), g32 = train_step()
+  (loss16, out16), g16 = loss_fn(bf16)(params)
+  assert loss16.dtype == out16["recon"].dtype == out16["masks"].dtype == jnp.float32
+  np.testing.assert_allclose(loss16, loss32, rtol=5e-3)
+  np.testing.assert_allclose(out16["masks"], out32["masks"], atol=1e-2)
+  np.testing.assert_array_equal(out16["valid"], out32["valid"])
+  for part in ("spatial_binding", "temporal_binding", "decoder"):
+    a = np.concatenate([np.ravel(x) for x in jax.tree.leaves(g32[part])])
+    b = np.concatenate([np.ravel(x) for x in jax.tree.leaves(g16[part])])
+    assert b.dtype == np.float32 and np.all(np.isfinite(b))
+    cosine = a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+    assert cosine > 0.99, (part, cosine)

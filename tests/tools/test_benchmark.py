@@ -90,6 +90,12 @@ def test_gemm_shapes_of_the_ytvis_recipe_hand_computed():
   assert shapes["dinov2 attention logits"] == dict(name="dinov2 attention logits", batch=120,
                                                    m=433, k=64, n=433, count=12)
   assert shapes["dinov2 mlp fc2"]["k"] == 3072
+  # The loss target: all 864 patches + CLS of the 2 clips' middle frames.
+  assert shapes["dinov2 qkv, full middle frames"] == dict(
+      name="dinov2 qkv, full middle frames", batch=1, m=1730, k=768, n=2304, count=12)
+  assert shapes["dinov2 attention x values, full middle frames"] == dict(
+      name="dinov2 attention x values, full middle frames", batch=24, m=865, k=865, n=64,
+      count=12)
   # Decoder: 2 clips x 8 slots x 864 positions; 3 hidden-to-hidden layers, forward + backward.
   assert shapes["decoder hidden layer"] == dict(name="decoder hidden layer", batch=1,
                                                 m=13824, k=1024, n=1024, count=9)
