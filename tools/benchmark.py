@@ -245,11 +245,12 @@ def bench_attention(config, repeats: int = 5) -> list[dict]:
 
 
 def bench_step(config, label: str, rate: float | None, flops_only: bool = False,
-               profile: bool = False, **extra) -> dict:
+               profile: bool = False, time_steps: bool = True, **extra) -> dict:
   """Times the jit'd train step. FLOPs come from XLA's cost analysis of the step's HLO before
   backend optimisation: the compiled executable's own analysis leaves out library calls
   (cuBLAS/cuDNN GEMMs on GPU), so it undercounts there. flops_only: lower, count, stop.
-  profile: trace the compiled step instead (`profile_step`)."""
+  profile: also trace the same compiled step (`profile_step`) and return that record;
+  time_steps=False: trace only."""
   import jax
   import numpy as np
   from solv_jax import sharding, train
@@ -273,8 +274,6 @@ def bench_step(config, label: str, rate: float | None, flops_only: bool = False,
   t0 = time.perf_counter()
   lowered = step.lower(state, frozen, batch, key)
   flops = _flops(lowered.cost_analysis())
-  if profile:
-    return profile_step(lowered.compile(), state, frozen, batch, key, label, flops, rate)
   if flops_only:
     record = {"what": label, "batch_size": b, "resolution": [h, w],
               "token_drop": config.model.token_drop, "flops_per_step": flops,
@@ -282,6 +281,8 @@ def bench_step(config, label: str, rate: float | None, flops_only: bool = False,
     return emit(record)
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
+  if not time_steps:
+    return profile_step(compiled, state, frozen, batch, key, label, flops, rate)
   compiled_flops = _flops(compiled.cost_analysis())
   mem_stats = compiled.memory_analysis()
   xla_bytes = None if mem_stats is None else int(
@@ -311,7 +312,10 @@ def bench_step(config, label: str, rate: float | None, flops_only: bool = False,
             "system_cpu_seconds_per_step": (after.ru_stime - usage.ru_stime) / len(times),
             "minor_page_faults_per_step": (after.ru_minflt - usage.ru_minflt) / len(times),
             **extra}
-  return emit(record)
+  record = emit(record)
+  if profile:  # the same executable: no second compile (a minute on a GPU)
+    return profile_step(compiled, state, frozen, batch, key, label, flops, rate)
+  return record
 
 
 # Model parts, as they appear in the HLO op names (Flax module paths); first match wins.
@@ -452,10 +456,10 @@ def main(argv):
     bench_step(config, "train_step_flops", None, flops_only=True)
   if "gemm" in what:
     gemm_rates(config, rate)
-  if "step" in what:
+  if "step" in what and "profile" not in what:
     bench_step(config, "train_step", rate)
   if "profile" in what:
-    r = bench_step(config, "train_step", rate, profile=True)
+    r = bench_step(config, "train_step", rate, profile=True, time_steps="step" in what)
     print("\nTime by part:", r["share_by_part"], "\nby pass:", r["share_by_pass"],
           "\nby kind:", r["share_by_kind"], "\nby part/kind:", r["share_by_part_kind"],
           flush=True)

@@ -9,11 +9,13 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _run(*args):
+def _run(*args, env=None):
   out = subprocess.run([sys.executable, "tools/benchmark.py", "--config=tests/tiny.py", *args],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+                       cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env=None if env is None else {**os.environ, **env})
   assert out.returncode == 0, out.stderr[-3000:]
-  return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+  records = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+  return records if env is None else (records, out.stderr)
 
 
 def test_step_flops_from_hlo_match_the_compiled_count_and_flops_mode():
@@ -47,8 +49,13 @@ def test_drop_sweep_measures_each_ratio_and_writes_the_plot(tmp_path):
   assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_profile_attributes_the_traced_step_to_model_parts():
-  (row,) = [r for r in _run("--what=profile", "--steps=1") if r["what"] == "train_step_profile"]
+@pytest.mark.parametrize("what", ["profile", "step,profile"])
+def test_profile_attributes_the_traced_step_to_model_parts(what):
+  records, log = _run(f"--what={what}", "--steps=1", env={"JAX_LOG_COMPILES": "1"})
+  (row,) = [r for r in records if r["what"] == "train_step_profile"]
+  # With step timing too, the trace reuses the timed executable: one compile of the step.
+  assert len([r for r in records if r["what"] == "train_step"]) == (what != "profile")
+  assert log.count("Finished XLA compilation of jit(step_fn)") == 1
   for key in ("share_by_part", "share_by_pass", "share_by_kind", "share_by_part_kind"):
     assert sum(row[key].values()) == pytest.approx(1.0, abs=1e-3)
   assert {"encoder", "spatial_binding", "temporal_binding", "decoder"} <= set(row["share_by_part"])
