@@ -11,7 +11,8 @@
 
 Prints one JSON line per measurement and a table at the end. Step time is the median of
 --steps timed steps after compilation (block_until_ready); FLOPs are XLA's cost analysis of
-the compiled step; utilisation is achieved FLOP/s over this device's dense matmul rate
+the step's HLO before backend optimisation (the compiled executable's own count, which leaves
+out GPU library GEMMs, is compiled_flops_per_step); utilisation is achieved FLOP/s over this device's dense matmul rate
 measured in the same run (float32 on CPU, bfloat16 on GPU/TPU). Peak memory is the device's
 peak_bytes_in_use where the backend reports it, else the process's peak RSS.
 DINOv2 is randomly initialised unless config.model.encoder_weights is set: speed does not
@@ -54,6 +55,7 @@ def define_flags() -> None:
 
 
 RESULTS: list[dict] = []
+MODES = ("matmul", "step", "merge", "drop", "eval", "flops", "profile", "gemm", "attention")
 
 
 def emit(record: dict) -> dict:
@@ -450,6 +452,9 @@ def main(argv):
   from solv_jax import sharding
   sharding.apply_xla_flags(config.get("xla_flags", ""))
   what = set(flags.FLAGS.what)
+  if what - set(MODES):
+    raise app.UsageError(f"--what: unknown {sorted(what - set(MODES))}; choose from "
+                         f"{', '.join(MODES)}.")
   rate = (matmul_rate() if what & {"matmul", "step", "merge", "drop", "profile", "gemm"}
           else None)
   if "flops" in what:
@@ -464,10 +469,12 @@ def main(argv):
           "\nby kind:", r["share_by_kind"], "\nby part/kind:", r["share_by_part_kind"],
           flush=True)
     if r["coverage"] < 0.8:  # e.g. XLA:CPU's Eigen dots (YNNPACK off) are not in the trace
+      import jax
+      why = ("XLA's Eigen dots are missing from CPU traces; --config.xla_flags= (YNNPACK "
+             "dots) traces them all." if jax.default_backend() == "cpu" else
+             "Device kernels may be missing from the trace (is CUPTI available?).")
       print(f"Warning: the traced instructions add up to only {r['coverage']:.0%} of the step's "
-            "wall time, so the shares above are of that part only. On CPU, XLA's Eigen dots "
-            "are missing from the trace; --config.xla_flags= (YNNPACK dots) traces them all.",
-            flush=True)
+            f"wall time, so the shares above are of that part only. {why}", flush=True)
   if "attention" in what:
     bench_attention(config)
   if "merge" in what:

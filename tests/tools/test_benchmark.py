@@ -39,6 +39,15 @@ def test_step_flops_from_hlo_match_the_compiled_count_and_flops_mode():
   assert {"system_cpu_seconds_per_step", "minor_page_faults_per_step"} <= step.keys()
 
 
+def test_unknown_what_is_an_error_before_anything_runs():
+  out = subprocess.run([sys.executable, "tools/benchmark.py", "--config=tests/tiny.py",
+                        "--what=step,stepp"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode != 0
+  assert "--what: unknown ['stepp']; choose from matmul, step," in out.stderr
+  assert not [line for line in out.stdout.splitlines() if line.startswith("{")]
+
+
 def test_drop_sweep_measures_each_ratio_and_writes_the_plot(tmp_path):
   plot = tmp_path / "fig7.png"
   rows = [r for r in _run("--what=drop", "--drop_ratios=0.0,0.5", "--steps=1", f"--plot={plot}")
