@@ -12,9 +12,10 @@
 Prints one JSON line per measurement and a table at the end. Step time is the median of
 --steps timed steps after compilation (block_until_ready); FLOPs are XLA's cost analysis of
 the step's HLO before backend optimisation (the compiled executable's own count, which leaves
-out GPU library GEMMs, is compiled_flops_per_step); utilisation is achieved FLOP/s over this device's dense matmul rate
-measured in the same run (float32 on CPU, bfloat16 on GPU/TPU). Peak memory is the device's
-peak_bytes_in_use where the backend reports it, else the process's peak RSS.
+out GPU library GEMMs, is compiled_flops_per_step); utilisation is achieved FLOP/s over this
+device's dense matmul rate measured in the same run (float32 on CPU, bfloat16 on GPU/TPU).
+Peak memory is the device's peak_bytes_in_use where the backend reports it, else the
+process's peak RSS.
 DINOv2 is randomly initialised unless config.model.encoder_weights is set: speed does not
 depend on the weights.
 """

@@ -9,13 +9,19 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _run(*args, env=None):
+def _invoke(*args, env=None):
+  """tools/benchmark.py on the tiny config -> (exit status, JSON records, stderr)."""
   out = subprocess.run([sys.executable, "tools/benchmark.py", "--config=tests/tiny.py", *args],
                        cwd=ROOT, capture_output=True, text=True, timeout=600,
-                       env=None if env is None else {**os.environ, **env})
-  assert out.returncode == 0, out.stderr[-3000:]
+                       env={**os.environ, **(env or {})})
   records = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-  return records if env is None else (records, out.stderr)
+  return out.returncode, records, out.stderr
+
+
+def _run(*args, env=None):
+  returncode, records, stderr = _invoke(*args, env=env)
+  assert returncode == 0, stderr[-3000:]
+  return records
 
 
 def test_step_flops_from_hlo_match_the_compiled_count_and_flops_mode():
@@ -40,12 +46,9 @@ def test_step_flops_from_hlo_match_the_compiled_count_and_flops_mode():
 
 
 def test_unknown_what_is_an_error_before_anything_runs():
-  out = subprocess.run([sys.executable, "tools/benchmark.py", "--config=tests/tiny.py",
-                        "--what=step,stepp"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=300)
-  assert out.returncode != 0
-  assert "--what: unknown ['stepp']; choose from matmul, step," in out.stderr
-  assert not [line for line in out.stdout.splitlines() if line.startswith("{")]
+  returncode, records, stderr = _invoke("--what=step,stepp")
+  assert returncode != 0 and not records
+  assert "--what: unknown ['stepp']; choose from matmul, step," in stderr
 
 
 def test_drop_sweep_measures_each_ratio_and_writes_the_plot(tmp_path):
@@ -60,7 +63,9 @@ def test_drop_sweep_measures_each_ratio_and_writes_the_plot(tmp_path):
 
 @pytest.mark.parametrize("what", ["profile", "step,profile"])
 def test_profile_attributes_the_traced_step_to_model_parts(what):
-  records, log = _run(f"--what={what}", "--steps=1", env={"JAX_LOG_COMPILES": "1"})
+  returncode, records, log = _invoke(f"--what={what}", "--steps=1",
+                                     env={"JAX_LOG_COMPILES": "1"})
+  assert returncode == 0, log[-3000:]
   (row,) = [r for r in records if r["what"] == "train_step_profile"]
   # With step timing too, the trace reuses the timed executable: one compile of the step.
   assert len([r for r in records if r["what"] == "train_step"]) == (what != "profile")
