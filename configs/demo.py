@@ -41,6 +41,7 @@ def get_config(arg=None):
   config.data.synthetic.background_cells = 4
   config.data.synthetic.background_contrast = 0.25
   config.data.synthetic.background_mix = 0.0
+  config.data.synthetic.shading = 0.0  # > 0: lit objects (README, "honest status")
 
   if "encoder=" not in (arg or ""):
     config.model.encoder = "vits14"

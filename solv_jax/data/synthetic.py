@@ -11,7 +11,9 @@ Grouping must not be trivial at patch level: objects carry 2-3 colours in
 stripes/checkers/rings/spots at about patch scale, and colours are drawn from a
 per-video palette that the background shares (`background_mix`, at reduced
 contrast `background_contrast`), so colour alone neither separates objects from
-each other nor cleanly from the background. Every knob is
+each other nor cleanly from the background. With `shading` > 0, a distant light shades each
+object as if it were a sphere's silhouette (Lambert), so an object's colour also varies in
+brightness across it, as real objects' colours do. Every knob is
 a field of `SyntheticConfig`; a video is a pure function of (config, split,
 index), and the dataset directory is keyed by a hash of the config, so changing
 any knob builds a new dataset.
@@ -57,6 +59,7 @@ class SyntheticConfig:
   background_contrast: float = 0.5             # bg colours scaled towards grey
   background_period: tuple[float, float] = (16.0, 40.0)
   noise: float = 3.0                           # Gaussian pixel noise (uint8 units)
+  shading: float = 0.0                         # object brightness from 1 - shading to 1
   seed: int = 0
 
   def num_videos(self, split: str) -> int:
@@ -64,7 +67,10 @@ class SyntheticConfig:
 
   def tag(self) -> str:
     """Directory name: resolution plus a hash of every knob."""
-    blob = json.dumps(dataclasses.asdict(self) | {"format": FORMAT_VERSION},
+    knobs = dataclasses.asdict(self)
+    if not self.shading:  # knobs added later leave the older datasets' tags as they were
+      del knobs["shading"]
+    blob = json.dumps(knobs | {"format": FORMAT_VERSION},
                       sort_keys=True)
     digest = hashlib.sha1(blob.encode()).hexdigest()[:10]
     return f"{self.height}x{self.width}_{digest}"
@@ -231,6 +237,13 @@ def generate_video(cfg: SyntheticConfig, rng: np.random.Generator):
         theta=rng.uniform(0, 2 * np.pi) + rng.uniform(-cfg.spin, cfg.spin)
         * np.arange(T)))
 
+  light = None
+  if cfg.shading:  # one distant light per video, 25-60 degrees off the view axis; drawn
+    # after the objects, so that shading changes no layout
+    tilt, azimuth = rng.uniform(0.45, 1.05), rng.uniform(0, 2 * np.pi)
+    light = np.array([np.sin(tilt) * np.cos(azimuth), np.sin(tilt) * np.sin(azimuth),
+                      np.cos(tilt)], np.float32)
+
   frames = np.empty((T, H, W, 3), np.uint8)
   ids = np.zeros((T, H, W), np.uint8)
   for t in range(T):
@@ -249,9 +262,15 @@ def generate_video(cfg: SyntheticConfig, rng: np.random.Generator):
       c, s = np.cos(obj["theta"][t]), np.sin(obj["theta"][t])
       u, v = c * dx + s * dy, -s * dx + c * dy  # object frame, (h, w) each
       phi_bin = ((np.arctan2(v, u) + np.pi) * (_LUT / (2 * np.pi))).astype(int)
-      inside = np.hypot(u, v) <= obj["profile"][phi_bin % _LUT]
+      rim = obj["profile"][phi_bin % _LUT]
+      inside = np.hypot(u, v) <= rim
       tex = obj["tex"]
       colour = tex["colours"][_texture(tex["kind"], tex, u, v)]  # (h, w, 3)
+      if light is not None:  # Lambertian, as if the shape were a sphere's silhouette
+        a, b = dx / rim, dy / rim
+        normal_z = np.sqrt(np.clip(1.0 - a * a - b * b, 0.0, 1.0))
+        lambert = np.clip(a * light[0] + b * light[1] + normal_z * light[2], 0.0, 1.0)
+        colour = colour * (1.0 - cfg.shading + cfg.shading * lambert)[..., None]
       frame[y0:y1, x0:x1][inside] = colour[inside]
       seg[y0:y1, x0:x1][inside] = k + 1
     if cfg.noise > 0:

@@ -83,3 +83,34 @@ def test_build_writes_the_generated_videos_and_is_idempotent(synthetic_dir):
   stamp = os.stat(os.path.join(path, "dataset_info.json")).st_mtime_ns
   assert synthetic.build(cfg, synthetic_dir) == path
   assert os.stat(os.path.join(path, "dataset_info.json")).st_mtime_ns == stamp
+
+
+def test_shading_scales_object_colours_by_lambert_and_changes_nothing_else():
+  base = dict(num_frames=3, height=64, width=64, min_objects=1, max_objects=1,
+              colours_per_object=(1, 1), noise=0.0, cross_prob=0.0, radius=(0.3, 0.3))
+  plain_cfg = synthetic.SyntheticConfig(**base)
+  shaded_cfg = synthetic.SyntheticConfig(**base, shading=0.8)
+  assert plain_cfg.tag() == synthetic.SyntheticConfig(**base, shading=0.0).tag()
+  assert shaded_cfg.tag() != plain_cfg.tag()
+  plain, ids = synthetic.generate_video(plain_cfg, synthetic.video_rng(plain_cfg, "train", 1))
+  shaded, shaded_ids = synthetic.generate_video(shaded_cfg,
+                                                synthetic.video_rng(shaded_cfg, "train", 1))
+  np.testing.assert_array_equal(shaded_ids, ids)  # same layout
+  np.testing.assert_array_equal(shaded[ids == 0], plain[ids == 0])  # background untouched
+  obj = ids == 1
+  assert obj.sum() > 200
+  colour = plain[obj].astype(float)  # one flat colour
+  assert np.ptp(colour, axis=0).max() <= 1
+  ratio = shaded[obj].astype(float).mean(-1) / colour.mean(-1)
+  # Lambert factor 1 - s + s * max(0, n . l) lies in [0.2, 1] (uint8 rounding aside) and a
+  # lit sphere spans most of that range: bright where it faces the light, dark at its rim.
+  assert ratio.min() >= 0.2 - 0.02 and ratio.max() <= 1.0 + 0.02
+  assert ratio.max() - ratio.min() > 0.5
+  # At the object's centre the normal faces the viewer: factor 1 - s + s cos(tilt), with the
+  # light's tilt in [0.45, 1.05] rad.
+  t, ys, xs = np.nonzero(obj)
+  first = t == 0
+  cy, cx = ys[first].mean(), xs[first].mean()
+  centre = shaded[0, int(round(cy)), int(round(cx))].astype(float).mean()
+  factor = centre / colour.mean()
+  assert 0.2 + 0.8 * np.cos(1.05) - 0.05 <= factor <= 0.2 + 0.8 * np.cos(0.45) + 0.05
