@@ -66,7 +66,7 @@ class SyntheticConfig:
     return {"train": self.num_train, "validation": self.num_validation}[split]
 
   def tag(self) -> str:
-    """Directory name: resolution plus a hash of every knob."""
+    """Directory name: resolution plus a hash of every knob (shading only when on)."""
     knobs = dataclasses.asdict(self)
     if not self.shading:  # knobs added later leave the older datasets' tags as they were
       del knobs["shading"]
