@@ -24,12 +24,21 @@ def parse_arg(arg, **defaults):
     if key not in defaults:
       raise ValueError(f"Unknown config argument {key!r} in {arg!r}; known: {sorted(defaults)}.")
     kind = type(defaults[key])
-    out[key] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+    try:
+      out[key] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+    except ValueError:
+      raise ValueError(f"Config argument {key}={value!r} in {arg!r} must be a "
+                       f"{kind.__name__}.") from None
   return out
 
 
-def get_config(arg=None):
-  args = parse_arg(arg, model="E", slots=0, merge=-1, encoder="", drop=-1.0)
+def get_config(arg=None, recipe=None):
+  """The schema with every default, then `recipe(config)` (a dataset config's overrides),
+  then the argument string, so that an argument wins over the recipe it is given to."""
+  args = parse_arg(arg, model="", slots=0, merge=-1, encoder="", drop=-1.0)
+  if args.model and args.model not in TABLE3:
+    raise ValueError(f"Config argument model={args.model!r} is not a Table 3 model; choose one "
+                     f"of {', '.join(TABLE3)} (E = full SOLV).")
   config = ml_collections.ConfigDict()
   config.seed = 0
   # Appended to XLA_FLAGS before JAX starts by solv_jax.main and tools/benchmark.py (a flag
@@ -74,6 +83,7 @@ def get_config(arg=None):
       temporal_layers=3,
       temporal_heads=8,
       dropout=0.1,
+      param_init="torch",        # torch (the authors' PyTorch initialisation) | flax
   ))
 
   config.train = ml_collections.ConfigDict(dict(
@@ -86,9 +96,10 @@ def get_config(arg=None):
       log_every=100,
       checkpoint_every=5000,
       keep_checkpoints=3,
-      eval_every=0,              # 0 = only at the end (train_and_eval)
+      eval_every=0,              # N > 0: also evaluate every N steps (eval_steps/<step>/, TB)
       init_from="",              # workdir or checkpoint dir to start from (DAVIS fine-tuning)
       nonfinite="stop",          # stop | skip: what a NaN/Inf loss or gradient does
+      max_nonfinite_frac=0.01,   # with skip: more skipped updates than this fails the run
       distributed=False,         # call jax.distributed.initialize() (multi-host)
   ))
 
@@ -98,10 +109,13 @@ def get_config(arg=None):
       batch_windows=16,          # windows decoded per device call
   ))
 
-  merge, invariant, temporal = TABLE3[args.model]
-  config.model.spatial_binding = "invariant" if invariant else "vanilla"
-  config.model.temporal_binding = temporal
-  config.model.merge = merge
+  if recipe is not None:
+    recipe(config)
+  if args.model:
+    merge, invariant, temporal = TABLE3[args.model]
+    config.model.spatial_binding = "invariant" if invariant else "vanilla"
+    config.model.temporal_binding = temporal
+    config.model.merge = merge
   if args.slots:
     config.model.num_slots = args.slots
   if args.merge >= 0:
@@ -111,3 +125,115 @@ def get_config(arg=None):
   if args.drop >= 0:
     config.model.token_drop = args.drop
   return config
+
+
+def upgrade(saved: dict) -> ml_collections.ConfigDict:
+  """A config saved by an earlier version (a workdir's config.json, an export's __config__)
+  on this schema: keys added since then take their defaults here, the saved values win."""
+  def merge(defaults: dict, values: dict) -> dict:
+    out = dict(defaults)
+    for key, value in values.items():
+      if isinstance(value, dict) and isinstance(defaults.get(key), dict):
+        out[key] = merge(defaults[key], value)
+      else:
+        out[key] = value
+    return out
+  return ml_collections.ConfigDict(merge(get_config().to_dict(), saved))
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation of a config against this schema.
+# ----------------------------------------------------------------------------------------------
+FREE_FORM = ("config.data.synthetic",)  # checked by the synthetic generator itself
+
+
+class ConfigError(ValueError):
+  pass
+
+
+def validate(config) -> None:
+  """Raises ConfigError listing every unknown key (against get_config()) and every value the
+  method cannot run with, each with the value seen and what to set instead. Cheap: run it
+  before anything is built, so a typo costs seconds, not a compile."""
+  import difflib
+  import numpy as np
+  from solv_jax.models import dinov2
+  from solv_jax.models.merging import BACKENDS
+
+  problems = []
+
+  def keys(cfg, ref, prefix):
+    for key in cfg.keys():
+      name = f"{prefix}.{key}"
+      if key not in ref:
+        close = difflib.get_close_matches(key, list(ref.keys()), n=1)
+        hint = (f"did you mean {prefix}.{close[0]}?" if close else
+                f"known keys of {prefix}: {sorted(ref.keys())}")
+        problems.append(f"{name} is not a config key ({hint}).")
+      elif (name not in FREE_FORM and hasattr(ref[key], "keys")
+            and hasattr(cfg[key], "keys")):
+        keys(cfg[key], ref[key], name)
+
+  keys(config, get_config(), "config")
+  if problems:  # values of misspelled keys would only add noise
+    raise ConfigError("Invalid config:\n  " + "\n  ".join(problems))
+
+  def check(ok, key, value, rule):
+    if not ok:
+      problems.append(f"config.{key} = {value!r}: {rule}")
+
+  d, m, t = config.data, config.model, config.train
+  res = tuple(d.resolution)
+  res_ok = len(res) == 2 and all(
+      isinstance(r, (int, np.integer)) and r >= dinov2.PATCH_SIZE for r in res)
+  if not res_ok:
+    check(False, "data.resolution", res, "must be (H, W), two ints >= 14.")
+  else:
+    fit = tuple(max(1, round(r / dinov2.PATCH_SIZE)) * dinov2.PATCH_SIZE for r in res)
+    res_ok = fit == res
+    check(res_ok, "data.resolution", res,
+          f"H and W must be multiples of the DINOv2 patch size {dinov2.PATCH_SIZE}; e.g. "
+          f"--config.data.resolution='{fit}'.")
+  check(d.num_context >= 0, "data.num_context", d.num_context,
+        "the window t-n..t+n needs n >= 0 (2 in the paper).")
+  check(m.encoder in dinov2.VARIANTS, "model.encoder", m.encoder,
+        f"not a DINOv2 variant; choose one of {sorted(dinov2.VARIANTS)}.")
+  check(m.encoder_dtype in ("float32", "bfloat16"), "model.encoder_dtype", m.encoder_dtype,
+        "must be 'float32' or 'bfloat16'.")
+  check(m.compute_dtype in ("float32", "bfloat16"), "model.compute_dtype", m.compute_dtype,
+        "must be 'float32' or 'bfloat16'.")
+  if m.encoder in dinov2.VARIANTS:
+    depth = dinov2.VARIANTS[m.encoder]["depth"]
+    blocks = m.encoder_blocks
+    check(0 <= blocks <= depth, "model.encoder_blocks", blocks,
+          f"must be 0 (all blocks) or 1..{depth} for {m.encoder}.")
+  check(m.num_slots >= 1, "model.num_slots", m.num_slots,
+        "needs at least 1 slot (8 for YTVIS, 18 for MOVi-E in the paper).")
+  check(m.slot_iters >= 1, "model.slot_iters", m.slot_iters, "needs >= 1 iteration (3).")
+  check(0.0 <= m.token_drop < 1.0, "model.token_drop", m.token_drop,
+        "the token drop ratio must be in [0, 1) (0.5 in the paper; 0 keeps every token).")
+  if 0.0 <= m.token_drop < 1.0 and res_ok:
+    tokens = (res[0] // dinov2.PATCH_SIZE) * (res[1] // dinov2.PATCH_SIZE)
+    check(int(tokens * (1.0 - m.token_drop)) >= 1, "model.token_drop", m.token_drop,
+          f"keeps no token of the {tokens} at resolution {res}; lower it.")
+  check(m.spatial_binding in ("invariant", "vanilla"), "model.spatial_binding",
+        m.spatial_binding, "must be 'invariant' or 'vanilla'.")
+  check(m.merge_backend in BACKENDS, "model.merge_backend", m.merge_backend,
+        f"must be one of {BACKENDS}.")
+  check(m.param_init in ("torch", "flax"), "model.param_init", m.param_init,
+        "must be 'torch' (the authors' PyTorch initialisation) or 'flax' (Flax's defaults).")
+  if m.temporal_binding:
+    check(m.temporal_heads >= 1 and m.slot_dim % m.temporal_heads == 0,
+          "model.temporal_heads", m.temporal_heads,
+          f"must divide config.model.slot_dim = {m.slot_dim}.")
+  for key in ("batch_size", "num_steps", "num_epochs", "log_every", "checkpoint_every",
+              "keep_checkpoints"):
+    check(t[key] >= 1, f"train.{key}", t[key], "must be >= 1.")
+  check(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "must be > 0.")
+  check(0.0 <= t.warmup_frac < 1.0, "train.warmup_frac", t.warmup_frac, "must be in [0, 1).")
+  check(t.nonfinite in ("stop", "skip"), "train.nonfinite", t.nonfinite,
+        "must be 'stop' or 'skip'.")
+  check(config.eval.batch_windows >= 1, "eval.batch_windows", config.eval.batch_windows,
+        "must be >= 1.")
+  if problems:
+    raise ConfigError("Invalid config:\n  " + "\n  ".join(problems))

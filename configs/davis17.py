@@ -8,13 +8,14 @@ from configs import base
 
 
 def get_config(arg=None):
-  config = base.get_config(arg)
+  return base.get_config(arg, recipe)
+
+
+def recipe(config):
   config.data.name = config.data.tfds_name = "davis17"
   config.data.train_split = "train"
   config.data.eval_split = "val"
-  if "merge=" not in (arg or "") and "model=" not in (arg or ""):
-    config.model.merge = False
+  config.model.merge = False  # an argument merge=1 or model=X turns it back on
   config.train.learning_rate = 1e-4
   config.train.num_steps = 40_000
   config.train.num_epochs = 300
-  return config

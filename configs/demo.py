@@ -26,7 +26,10 @@ from configs import base
 
 
 def get_config(arg=None):
-  config = base.get_config(arg)
+  return base.get_config(arg, recipe)
+
+
+def recipe(config):
   config.data.name = config.data.tfds_name = "synthetic"
   config.data.resolution = (112, 112)  # 8 x 8 tokens
   config.data.train_split = "train"
@@ -43,11 +46,9 @@ def get_config(arg=None):
   config.data.synthetic.background_mix = 0.0
   config.data.synthetic.shading = 0.0  # > 0: lit objects (README, "honest status")
 
-  if "encoder=" not in (arg or ""):
-    config.model.encoder = "vits14"
+  config.model.encoder = "vits14"
   config.model.encoder_blocks = 1
-  if "slots=" not in (arg or ""):
-    config.model.num_slots = 8
+  config.model.num_slots = 8
   # Smaller than the paper's (128, 1024, n = 2), so that 15 CPU minutes hold 3500 steps
   # (tools/demo_sweep.py: at equal wall time these learn faster than the larger model).
   config.model.slot_dim = 64
@@ -66,4 +67,3 @@ def get_config(arg=None):
   config.train.checkpoint_every = 500
   config.eval.num_visualize = 6
   config.eval.untrained = True
-  return config

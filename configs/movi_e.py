@@ -7,14 +7,15 @@ from configs import base
 
 
 def get_config(arg=None):
-  config = base.get_config(arg)
+  return base.get_config(arg, recipe)
+
+
+def recipe(config):
   config.data.name = "movi_e"
   config.data.tfds_name = "movi_e/256x256"
   config.data.data_dir = "gs://kubric-public/tfds"
   config.data.resolution = (336, 336)
   config.data.train_split = "train"
   config.data.eval_split = "validation"
-  if "slots=" not in (arg or ""):
-    config.model.num_slots = 18
+  config.model.num_slots = 18
   config.train.num_epochs = 60
-  return config

@@ -8,8 +8,10 @@ from configs import base
 
 
 def get_config(arg=None):
-  config = base.get_config(arg)
+  return base.get_config(arg, recipe)
+
+
+def recipe(config):
   config.data.name = config.data.tfds_name = "ytvis19"
   config.data.train_split = "train+valid+test"
   config.data.eval_split = "train"
-  return config

@@ -162,7 +162,7 @@ def oracle_num_segments(gt: np.ndarray) -> np.ndarray:
 def evaluate_token_oracle(config, *, max_videos: int | None = None) -> dict:
   """`token_oracle_video` over the evaluation split at config's resolution (no model)."""
   from solv_jax.data import pipeline
-  from solv_jax.models.solv import build_model
+  from solv_jax.models.build import build_model
 
   grid_hw = build_model(config).grid_hw  # no params built; checks the resolution
   acc = metrics.MetricAccumulator()
@@ -177,12 +177,13 @@ def evaluate_kmeans(config, *, max_videos: int | None = None, seed: int = 0,
                     n_init: int = 4) -> dict:
   """The baseline over the evaluation split with config's (random or converted) encoder."""
   import jax
-  from solv_jax import train
   from solv_jax.data import pipeline
-  from solv_jax.models.solv import SOLV, build_model
+  from solv_jax.models import build
+  from solv_jax.models.build import build_model
+  from solv_jax.models.solv import SOLV
 
   model = build_model(config)
-  params = {"encoder": train.encoder_params(config, model)}
+  params = {"encoder": build.encoder_params(config, model)}
   encode = jax.jit(lambda p, f: model.apply({"params": p}, f, method=SOLV.encode))
   acc = metrics.MetricAccumulator()
   for video in pipeline.eval_videos(config, max_videos=max_videos):

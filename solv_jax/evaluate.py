@@ -5,6 +5,9 @@ only on its frame, so the five windows that contain a frame reuse it), n masked 
 padded at both ends, every frame the middle of its window, merging on. Masks are upsampled to
 the ground-truth resolution, slots tracked frame to frame (Hungarian on cosine similarity),
 and the video matched to its ground truth for the metrics in `metrics.py`.
+
+The command line, `python -m solv_jax.evaluate --checkpoint=WORKDIR_OR_NPZ [--config=...]`,
+is in `eval_cli.py`.
 """
 from __future__ import annotations
 
@@ -19,6 +22,18 @@ import numpy as np
 
 from solv_jax import metrics, visualize
 from solv_jax.models.solv import SOLV
+
+# The metrics a one-line summary of an evaluation shows (main, periodic evaluation).
+SUMMARY_KEYS = ("fg_ari", "fg_ari_matched", "video_fg_ari", "miou", "mbo", "frame_mbo",
+                "jf_mean", "num_videos")
+# The metrics results.json lists for each video ("videos"); the dataset numbers carry every key
+# of metrics.aggregate. docs/METRICS.md says which paper reports which.
+PER_VIDEO_KEYS = ("fg_ari", "fg_ari_matched", "video_fg_ari", "miou", "mbo", "frame_mbo",
+                  "j_mean", "f_mean", "jf_mean")
+METRICS_NOTE = ("mbo: per-video (volume) mBO, VideoSAUR/SlotContrast; frame_mbo: per-frame "
+                "(image-level) mBO; j_*/f_*/jf_*: DAVIS unsupervised J&F (mean, recall, decay; "
+                "jf_mean = official J&F-Mean), pooled over the objects of the first frames "
+                "(davis_num_objects). See docs/METRICS.md.")
 
 
 class VideoSegmenter:
@@ -96,13 +111,22 @@ def _pad_to(x: np.ndarray, size: int) -> np.ndarray:
   return np.concatenate([x, np.zeros((size - x.shape[0], *x.shape[1:]), x.dtype)])
 
 
-def evaluate(config, model: SOLV, params: dict, workdir: str, step: int,
-             videos: Iterable[dict] | None = None, subdir: str = "eval") -> dict:
-  """Runs the protocol over the evaluation split; writes WORKDIR/eval/results.json + pictures."""
+def evaluate(config, model: SOLV, params: dict, workdir: str, step: int | None,
+             videos: Iterable[dict] | None = None, subdir: str = "eval",
+             extra: dict | None = None) -> dict:
+  """Runs the protocol over the evaluation split; writes WORKDIR/eval/results.json + pictures.
+
+  step: the checkpoint's step (None for an export). extra: JSON-able keys added to the results
+  (the command line records what it evaluated there).
+
+  In a multi-process run every process evaluates every video on its own devices (the params
+  are replicated, so all get the same results) and process 0 alone writes the files."""
   from solv_jax.data import pipeline
 
   out_dir = os.path.join(workdir, subdir)
-  os.makedirs(out_dir, exist_ok=True)
+  writes = jax.process_index() == 0
+  if writes:
+    os.makedirs(out_dir, exist_ok=True)
   segmenter = VideoSegmenter(model, params, batch_windows=config.eval.batch_windows)
   if videos is None:
     videos = pipeline.eval_videos(config)
@@ -119,22 +143,22 @@ def evaluate(config, model: SOLV, params: dict, workdir: str, step: int,
     if not video.get("has_annotations", True):
       continue
     result = acc.update(pred, gt)
-    per_video.append({"video": name, **{k: float(result[k]) for k in
-                                         ("fg_ari", "fg_ari_matched", "video_fg_ari", "miou",
-                                          "mbo")}})
-    if i < config.eval.num_visualize:
+    per_video.append({"video": name, **{k: float(result[k]) for k in PER_VIDEO_KEYS}})
+    if i < config.eval.num_visualize and writes:
       safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
       raw = np.asarray(video["video"])
       visualize.save_strip(os.path.join(out_dir, f"{safe}.png"), raw, gt, pred)
       visualize.save_gif(os.path.join(out_dir, f"{safe}.gif"), raw, gt, pred)
-  results = {**acc.compute(), "step": int(step), "frames_per_second": num_frames /
-             max(time.time() - t0, 1e-9), "videos": per_video,
+  results = {**acc.compute(), "step": None if step is None else int(step),
+             "frames_per_second": num_frames / max(time.time() - t0, 1e-9), "videos": per_video,
              "fg_ari_note": ("fg_ari: per-frame ARI on GT foreground of the raw prediction "
                              "(MOVi-E standard); fg_ari_matched: the authors' YTVIS/DAVIS "
                              "variant on the matched prediction; video_fg_ari: one table per "
-                             "video (SAVi/VideoSAUR)")}
-  with open(os.path.join(out_dir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
+                             "video (SAVi/VideoSAUR)"),
+             "metrics_note": METRICS_NOTE, **(extra or {})}
+  if writes:
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+      json.dump(results, f, indent=2)
   return results
 
 
@@ -143,3 +167,9 @@ def _name(video: dict, i: int) -> str:
   if isinstance(name, bytes):
     name = name.decode()
   return str(name)
+
+
+if __name__ == "__main__":  # python -m solv_jax.evaluate: the command line, in eval_cli.py
+  import sys
+  from solv_jax import eval_cli
+  sys.exit(eval_cli.main(sys.argv[1:]))

@@ -9,9 +9,13 @@ from __future__ import annotations
 import json
 import os
 
-import ml_collections
 import numpy as np
 from flax import traverse_util
+
+
+def _upgrade(saved: dict):
+  from configs import base
+  return base.upgrade(saved)
 
 
 def _flat(tree, prefix):
@@ -36,7 +40,7 @@ def load_export(path: str):
     raise FileNotFoundError(f"Export file not found: {path!r} (create it with "
                             "python tools/export_numpy.py --workdir W --out model.npz).")
   with np.load(path, allow_pickle=False) as f:
-    config = ml_collections.ConfigDict(json.loads(str(f["__config__"])))
+    config = _upgrade(json.loads(str(f["__config__"])))
     groups: dict[str, dict] = {"params": {}, "encoder": {}}
     for key in f.files:
       if key == "__config__":
@@ -47,34 +51,19 @@ def load_export(path: str):
   return config, unflat(groups["params"]), unflat(groups["encoder"])
 
 
-def restore_workdir(workdir: str, step: int | None = None):
-  """-> (step, trainable params as numpy) from the newest (or given) checkpoint of a workdir."""
-  import orbax.checkpoint as ocp
-  from solv_jax import checkpoints
-
-  ckpt = checkpoints.Checkpoints(workdir, async_save=False)
-  steps = ckpt.all_steps()
-  if not steps:
-    raise FileNotFoundError(f"No checkpoint under {ckpt.directory!r}: train first, or pass the "
-                            "right --workdir.")
-  step = steps[-1] if step is None else step
-  out = ckpt.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  ckpt.close()
-  state = out["state"]
-  params = state["params"] if isinstance(state, dict) else state.params
-  return step, jax_to_numpy(params)
-
-
-def jax_to_numpy(tree):
-  import jax
-  return jax.tree_util.tree_map(np.asarray, tree)
-
-
-def load_trainable(path: str) -> dict:
-  """Trainable params from a workdir (newest checkpoint) or an export .npz."""
-  if path.endswith(".npz"):
-    return load_export(path)[1]
-  return restore_workdir(path)[1]
+def read_config(path: str):
+  """The config of a workdir (config.json) or of an export .npz (its '__config__' only)."""
+  if os.path.isdir(path):
+    return load_config(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"Export file not found: {path!r}.")
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      return _upgrade(json.loads(str(f["__config__"])))
+  except (KeyError, ValueError, OSError) as e:
+    raise ValueError(f"Cannot read export {path!r} ({type(e).__name__}: no readable "
+                     "'__config__'): expected a .npz written by tools/export_numpy.py or "
+                     "tools/convert_solv_checkpoint.py.") from e
 
 
 def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -111,4 +100,4 @@ def load_config(workdir: str):
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path!r} not found: is {workdir!r} a solv_jax workdir?")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    return _upgrade(json.load(f))

@@ -3,9 +3,13 @@
   python -m solv_jax.main --config=configs/demo.py
   python -m solv_jax.main --config=configs/ytvis19.py:model=C --config.train.batch_size=8 \
       --config.data.data_dir=DATA --workdir=runs/ytvis_c --mode=train_and_eval
+
+Exit status: 0 done; 1 a clear error (printed last, one line); 2 a bad command line;
+143 (128 + SIGTERM) preempted: a checkpoint was saved, run the same command again to resume.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -19,7 +23,15 @@ config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:args
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and evaluation outputs go "
                     "(default: workdir/<config name>).")
 flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"], "What to run.")
+# Multi-process runs (--config.train.distributed=True); what is left unset is auto-detected by
+# jax.distributed on Cloud TPU, SLURM and Open MPI (docs/many_machines.md).
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (default "
+                    "$JAX_COORDINATOR_ADDRESS).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (default $JAX_NUM_PROCESSES).")
+flags.DEFINE_integer("process_id", None, "This process's index (default $JAX_PROCESS_ID).")
 flags.mark_flags_as_required(["config"])
+
+EXIT_ERROR = 1
 
 
 def _default_workdir() -> str:
@@ -28,57 +40,153 @@ def _default_workdir() -> str:
   return os.path.join("workdir", name)
 
 
-def run(config, workdir: str, mode: str) -> dict | None:
+def _print(message: str) -> None:
   import jax
-  from solv_jax import evaluate, export, train
-  from solv_jax.models.solv import build_model
+  if jax.process_index() == 0:
+    print(message, flush=True)
 
-  train.validate_config(config)
-  changes = export.save_config(workdir, config)
-  checkpoints = os.path.join(workdir, "checkpoints")
-  if changes and os.path.isdir(checkpoints) and os.listdir(checkpoints):
-    print(f"Warning: {workdir} holds checkpoints of a run with a different config; its "
-          f"checkpoint is used with this config, which differs in:\n  " + "\n  ".join(changes),
-          flush=True)
-  model = build_model(config)
-  results = None
-  if mode == "train_and_eval" and config.eval.get("untrained", False):
-    _evaluate_untrained(config, model, workdir)
-  if mode in ("train", "train_and_eval"):
-    state = train.train(config, workdir)
-    params, step = state.params, int(state.step)
-  if mode in ("eval", "train_and_eval"):
-    if mode == "eval":
-      step, params = export.restore_workdir(workdir)
-    full = {**jax.device_get(params), "encoder": train.encoder_params(config, model)}
-    print(f"Evaluating step {step} on {config.data.name}:{config.data.eval_split} ...",
-          flush=True)
-    results = evaluate.evaluate(config, model, full, workdir, step)
-    print("Evaluation:", _summary(results), flush=True)
-    print(f"Results: {os.path.join(workdir, 'eval', 'results.json')}; masks: "
-          f"{os.path.join(workdir, 'eval')}/*.png, *.gif", flush=True)
+
+def check_workdir(config, model, workdir: str) -> None:
+  """Before anything in WORKDIR is written: its checkpoints must fit this config's model.
+  Raises WorkdirError with the config keys that differ and the two ways out."""
+  from solv_jax import checkpoints, export
+  from solv_jax.models import build
+  from solv_jax.workdir import WorkdirError
+
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    return
+  ckpt = checkpoints.Checkpoints(workdir, async_save=False, reader=True)
+  try:
+    # The newest step whose metadata reads: a damaged one is not a shape change (restore
+    # verifies it and moves it aside).
+    for step in reversed(ckpt.all_steps()):
+      try:
+        if ckpt.manager.item_metadata(step)["state"] is not None:
+          break
+      except Exception:  # noqa: BLE001 - orbax raises many types for unreadable metadata
+        pass
+    else:
+      return
+    try:
+      ckpt._check_shapes(step, {"params": build.trainable_shapes(model)})
+    except checkpoints.ShapeMismatchError as e:
+      try:
+        old = export.load_config(workdir)
+        # Both as JSON, so that a tuple and the list it was stored as are the same value.
+        changes = export.config_changes(old.to_dict(),
+                                        json.loads(config.to_json_best_effort()))
+      except (FileNotFoundError, ValueError):
+        changes = []
+      keys = "; ".join(c for c in changes if c.startswith(("model.", "data.")))
+      raise WorkdirError(
+          f"{e} Config keys that differ from {workdir}/config.json: {keys or 'unknown'}. "
+          f"Use a new --workdir, or start a new run from these params with "
+          f"--config.train.init_from={workdir} (only if the shapes fit).") from None
+  finally:
+    ckpt.manager.close()
+
+
+class DataError(RuntimeError):
+  """The dataset of config.data cannot serve the run (found before any model set-up)."""
+
+
+def run(config, workdir: str, mode: str) -> dict | None:
+  """Config -> trains and/or evaluates in WORKDIR; returns the evaluation results.
+
+  First, in seconds and before anything is built or written: the config against the schema
+  (configs/base.validate), the dataset (pipeline.check_data), then the workdir's checkpoints
+  against the config's model (check_workdir)."""
+  import jax
+  from configs import base
+  from solv_jax import checkpoints, evaluate, export, train, workdir as workdir_lib
+  from solv_jax.data import pipeline
+  from solv_jax.models import build
+
+  base.validate(config)
+  try:
+    _print("Data: " + pipeline.check_data(config, mode))
+  except (OSError, ValueError) as e:
+    raise DataError(str(e)) from None
+  if not config.model.encoder_weights:
+    _print("Note: config.model.encoder_weights is empty, so DINOv2 is RANDOMLY initialised "
+           "(no download needed). Pass converted weights for the paper's results.")
+  if config.model.encoder_blocks:
+    _print(f"Note: only the first {config.model.encoder_blocks} DINOv2 block(s) run "
+           "(config.model.encoder_blocks; 0 = all, as in the paper).")
+  model = build.build_model(config)
+  training = mode in ("train", "train_and_eval")
+  with workdir_lib.lock(workdir, enabled=training and jax.process_index() == 0):
+    check_workdir(config, model, workdir)
+    if training and jax.process_index() == 0:
+      changes = export.save_config(workdir, config)
+      if changes and os.path.isdir(os.path.join(workdir, "checkpoints")):
+        _print(f"Note: {workdir} holds checkpoints of a run with a different config; they are "
+               "resumed with this config, which differs in:\n  " + "\n  ".join(changes))
+    encoder = build.encoder_params(config, model)
+    results = None
+    if mode == "train_and_eval" and config.eval.untrained:
+      _evaluate_untrained(config, model, encoder, workdir)
+    if training:
+      state = train.train(config, workdir, model=model, encoder=encoder)
+      params, step = jax.device_get(state.params), int(state.step)
+    if mode in ("eval", "train_and_eval"):
+      if mode == "eval":
+        step, params = checkpoints.restore_params(workdir)
+      _print(f"Evaluating step {step} on {config.data.name}:{config.data.eval_split} ...")
+      results = evaluate.evaluate(config, model, build.with_encoder(params, encoder), workdir,
+                                  step)
+      _print("Evaluation: " + _summary(results))
+      _print(f"Results: {os.path.join(workdir, 'eval', 'results.json')}; masks: "
+             f"{os.path.join(workdir, 'eval')}/*.png, *.gif")
   return results
 
 
 def _summary(results: dict) -> str:
-  keys = ("fg_ari", "fg_ari_matched", "video_fg_ari", "miou", "mbo", "num_videos")
+  from solv_jax.evaluate import SUMMARY_KEYS
   return " ".join(f"{k}={results[k]:.4f}" if isinstance(results[k], float) else
-                  f"{k}={results[k]}" for k in keys)
+                  f"{k}={results[k]}" for k in SUMMARY_KEYS)
 
 
-def _evaluate_untrained(config, model, workdir: str) -> None:
+def _evaluate_untrained(config, model, encoder, workdir: str) -> None:
   """The baseline of a run: the initial (step-0) params through the same protocol."""
   import jax
-  from solv_jax import evaluate, train
+  from solv_jax import evaluate
+  from solv_jax.models import build
   path = os.path.join(workdir, "eval_step0", "results.json")
   if os.path.exists(path):  # a resumed run: already done
     return
-  full = {**jax.device_get(train.initial_params(config, model)),
-          "encoder": train.encoder_params(config, model)}
-  print(f"Evaluating the untrained model (step 0) on {config.data.name}:"
-        f"{config.data.eval_split} ...", flush=True)
-  results = evaluate.evaluate(config, model, full, workdir, 0, subdir="eval_step0")
-  print("Step 0:", _summary(results), flush=True)
+  params = build.with_encoder(jax.device_get(build.initial_params(config, model)), encoder)
+  _print(f"Evaluating the untrained model (step 0) on {config.data.name}:"
+         f"{config.data.eval_split} ...")
+  results = evaluate.evaluate(config, model, params, workdir, 0, subdir="eval_step0")
+  _print("Step 0: " + _summary(results))
+
+
+def _user_errors():
+  """The errors that mean 'fix the input', shown as one line without a traceback."""
+  from solv_jax import checkpoints, train_step, workdir
+  from solv_jax.models import build
+  from configs import base
+  return (base.ConfigError, DataError, workdir.WorkdirError, checkpoints.CheckpointError,
+          build.LoadError, train_step.NonFiniteError, OSError)
+
+
+def initialize_distributed() -> None:
+  """jax.distributed.initialize with the flags, else the environment; None lets jax detect
+  the cluster (TPU metadata, SLURM_*, OMPI_*). Must come before any other JAX call."""
+  import jax
+
+  def given(name: str, env: str, kind=str):
+    value = flags.FLAGS[name].value
+    if value is None and os.environ.get(env):
+      value = kind(os.environ[env])
+    return value
+
+  jax.distributed.initialize(
+      coordinator_address=given("coordinator_address", "JAX_COORDINATOR_ADDRESS"),
+      num_processes=given("num_processes", "JAX_NUM_PROCESSES", int),
+      process_id=given("process_id", "JAX_PROCESS_ID", int))
 
 
 def main(argv):
@@ -88,17 +196,54 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:  # orbax and TFDS log every file at INFO
     logging.set_verbosity(logging.WARNING)
   workdir = flags.FLAGS.workdir or _default_workdir()
-  logging.info("Config:\n%s", config)
-  if not config.model.encoder_weights:
-    print("Note: config.model.encoder_weights is empty, so DINOv2 is RANDOMLY initialised "
-          "(no download needed). Pass converted weights for the paper's results.", flush=True)
-  if config.model.get("encoder_blocks", 0):
-    print(f"Note: only the first {config.model.encoder_blocks} DINOv2 block(s) run "
-          "(config.model.encoder_blocks; 0 = all, as in the paper).", flush=True)
+  # Before JAX opens a backend: the XLA flags, then the multi-process runtime.
   from solv_jax import sharding
   sharding.apply_xla_flags(config.get("xla_flags", ""))
-  run(config, workdir, flags.FLAGS.mode)
+  if config.train.distributed:
+    initialize_distributed()
+  from solv_jax import train
+  logging.info("Config:\n%s", config)
+  try:
+    run(config, workdir, flags.FLAGS.mode)
+  except train.Preempted as e:
+    _print(str(e))
+    return train.EXIT_PREEMPTED
+  except _user_errors() as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    return EXIT_ERROR
+  return 0
+
+
+def parse_flags(argv):
+  """absl's parsing, with a bad --config argument or override as one line, not a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    text = str(e).strip()
+    if "Traceback" in text:  # the config file raised: its own message is the last line
+      last = text.splitlines()[-1]
+      text = "--config: " + (last.split(": ", 1)[1] if ": " in last else last)
+    print(f"error: {text} (--help lists the flags)", file=sys.stderr)
+  except (AttributeError, KeyError, ValueError, TypeError) as e:
+    print(f"error: {_config_flag_error(argv, e)}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _config_flag_error(argv, e: Exception) -> str:
+  """One line for an exception raised while the config file or an override was applied."""
+  text = str(e.args[0] if e.args else e).strip("'\"").replace("\\n", " ").replace("\n", " ")
+  overrides = [a for a in argv[1:] if a.startswith("--config.")]
+  for arg in overrides:
+    key = arg[len("--config."):].split("=", 1)[0]
+    leaf = key.rsplit(".", 1)[-1]
+    if f"'{leaf}'" in text or f'"{leaf}"' in text:
+      suggestion = ""
+      if "Did you mean" in text:
+        close = text.split('Did you mean "', 1)[1].split('"', 1)[0]
+        suggestion = f" (did you mean config.{key.rsplit('.', 1)[0] + '.' if '.' in key else ''}{close}?)"
+      return f"{arg.split('=', 1)[0]}: config.{key} is not a config key{suggestion}."
+  return f"--config: {text}"
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  sys.exit(app.run(main, flags_parser=parse_flags))

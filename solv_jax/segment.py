@@ -2,6 +2,8 @@
 
   python -m solv_jax.segment --checkpoint=runs/ytvis19 --video=clip.mp4 --out=seg/clip
   python -m solv_jax.segment --checkpoint=model.npz --video=frames/ --out=seg/x --max_frames=200
+  python -m solv_jax.segment --checkpoint=runs/ytvis19 --video=clip.mp4 --out=seg/clip \
+      --save_slots --overwrite
 
 --checkpoint is a training workdir (config.json + its newest checkpoint; DINOv2 from the
 config's encoder_weights, or the seeded random init) or an export .npz (tools/export_numpy.py,
@@ -16,18 +18,28 @@ videos), naming the first frame that differs.
 The model runs at the resolution it was trained at (config.data.resolution: its decoder position
 embedding and G_abs are learned per token of that grid), through `evaluate.VideoSegmenter`
 (the evaluation protocol, SPEC §7), and its masks are upsampled to the video's own size with
-`metrics.masks_to_ids`. Written under --out:
+`metrics.masks_to_ids`. --out must be a new or empty folder; a non-empty one is refused unless
+--overwrite is given, which replaces this command's outputs there (stale masks/NNNNNN.png,
+overlay.*, summary.json, slots.npz) and leaves any other file alone. Written under --out:
   masks/000000.png ...  one per frame at the video's size; pixel value = track id (0, 1, ...).
                         8-bit palette PNGs (mode P, colours of visualize.PALETTE) when every id
                         is below 256, else 16-bit greyscale; np.asarray(PIL.Image.open(f))
-                        gives the ids either way. Stale masks/NNNNNN.png files are removed.
+                        gives the ids either way.
+  slots.npz             with --save_slots, the segmenter's per-frame outputs (K slots a frame):
+                        slots (T, K, D_slot) float32, the merged slots that the decoder reads;
+                        valid (T, K) bool, False for slots merging removed; track_ids (T, K)
+                        int32, the track id of each slot (the PNGs' pixel values), -1 where not
+                        valid; masks (T, K, h, w) float32, the decoder's alpha masks on the
+                        token grid (h, w) = token_grid, before upsampling; token_grid (2,).
+                        Rows where valid is False hold whatever the decoder left: ignore them.
   overlay.gif           the frames tinted with their track colours, longer side at most
                         480 px (GIF_MAX_SIDE), looping.
   overlay.mp4           the same at the video's size (padded to even sizes), H.264, when
                         imageio-ffmpeg is installed.
   summary.json          input (path, kind, frames, size, fps, frame files), checkpoint, model,
-                        objects (per track id: frames it covers, pixel count) and per-frame
-                        pixel counts per id.
+                        outputs (each file written and its format; "slots" is "slots.npz" with
+                        --save_slots, else null), objects (per track id: frames it covers, pixel
+                        count) and per-frame pixel counts per id.
 SOLV has no background class: every pixel goes to some slot, so the background is one (or a
 few) of the track ids too. Native frames are held in memory; use --max_frames for long videos.
 """
@@ -225,25 +237,18 @@ def load_model(checkpoint: str, resolution: tuple[int, int] | None = None, *,
   backend, as the command line does; if one is open already (e.g. in a notebook), a warning.
   """
   import jax
-  from solv_jax import evaluate, export, sharding, train
-  from solv_jax.models.solv import build_model
+  from solv_jax import evaluate, export, sharding
+  from solv_jax.models import build
 
   _require(checkpoint, "--checkpoint", _CHECKPOINT_KINDS)
-  if os.path.isdir(checkpoint):
-    config = export.load_config(checkpoint)
-    if xla_flags:  # before orbax's restore opens a backend
-      sharding.apply_xla_flags(config.get("xla_flags", ""), strict=False)
-    step, params = export.restore_workdir(checkpoint)
-    encoder, kind = None, "workdir"
-  else:
-    try:
-      config, params, encoder = export.load_export(checkpoint)
-    except (KeyError, ValueError, OSError) as e:
-      raise SegmentError(f"Cannot read export {checkpoint!r} ({_first_lines(e)}): expected a "
-                         ".npz written by tools/export_numpy.py.") from e
-    step, kind = None, "export"
-    if xla_flags:
-      sharding.apply_xla_flags(config.get("xla_flags", ""), strict=False)
+  try:
+    if xla_flags:  # before the restore opens a backend
+      sharding.apply_xla_flags(export.read_config(checkpoint).get("xla_flags", ""),
+                               strict=False)
+    loaded = build.load(checkpoint)
+  except build.LoadError as e:
+    raise SegmentError(str(e)) from e
+  config, model, step, kind = loaded.config, loaded.model, loaded.step, loaded.kind
   trained = tuple(int(r) for r in config.data.resolution)
   if resolution is not None and tuple(resolution) != trained:
     h, w = trained
@@ -252,16 +257,11 @@ def load_model(checkpoint: str, resolution: tuple[int, int] | None = None, *,
         f"{checkpoint!r} was trained at: its decoder position embedding and G_abs are learned "
         f"per token of the {h // 14}x{w // 14} grid, so it segments at {h}x{w} only (masks are "
         "upsampled to the video's own size anyway). Omit --resolution.")
-  model = build_model(config)
-  if encoder is None:
-    encoder = train.encoder_params(config, model)
-    encoder_source = config.model.encoder_weights or f"random init (seed {config.seed + 1})"
-  else:
-    encoder_source = f"{checkpoint} (exported)"
+  encoder_source = loaded.encoder_source
   if not config.model.encoder_weights:
     print("Note: this model was trained with a RANDOMLY initialised DINOv2 "
           "(config.model.encoder_weights was empty).", flush=True)
-  params = jax.device_put({**params, "encoder": encoder})
+  params = jax.device_put(loaded.params)
   segmenter = evaluate.VideoSegmenter(model, params, batch_windows=config.eval.batch_windows)
   info = dict(checkpoint=os.path.abspath(checkpoint), kind=kind, step=step,
               resolution=list(trained), token_grid=list(model.grid_hw),
@@ -342,10 +342,27 @@ def _mp4_send(writer, path: str, frame: np.ndarray | None):
     return None
 
 
+SLOT_KEYS = ("slots", "valid", "track_ids", "masks")  # what slots.npz holds from the segmenter
+
+
+def check_out_dir(out_dir: str, overwrite: bool) -> None:
+  """Refuses an --out that is a file, or a non-empty folder unless overwrite (SegmentError)."""
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise SegmentError(f"--out {out_dir!r} exists and is not a folder.")
+  entries = sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []
+  if entries and not overwrite:
+    raise SegmentError(
+        f"--out {out_dir!r} is not empty ({len(entries)} entries, e.g. {entries[0]!r}); give a "
+        "new folder, or --overwrite to replace this command's earlier outputs there.")
+
+
 def write_outputs(out_dir: str, video: Video, ids: np.ndarray, fps: float,
-                  model_info: dict | None = None, progress: bool = True) -> dict:
-  """Writes masks/*.png, overlay.gif, overlay.mp4 (if possible) and summary.json; returns the
-  summary."""
+                  model_info: dict | None = None, progress: bool = True,
+                  slots: dict | None = None) -> dict:
+  """Writes masks/*.png, overlay.gif, overlay.mp4 (if possible), slots.npz (when `slots`, the
+  segmenter's outputs, are given) and summary.json; returns the summary. Earlier outputs of this
+  function in out_dir are replaced (the command line refuses a non-empty --out before that
+  unless --overwrite)."""
   from solv_jax import visualize
 
   frames = video.frames
@@ -355,6 +372,13 @@ def write_outputs(out_dir: str, video: Video, ids: np.ndarray, fps: float,
   for name in os.listdir(mask_dir):  # a longer earlier run's frames would mix in
     if re.fullmatch(r"\d{6}\.png", name):
       os.remove(os.path.join(mask_dir, name))
+  for name in ("overlay.mp4", "slots.npz"):  # not always written: an earlier run's would stay
+    if os.path.isfile(os.path.join(out_dir, name)):
+      os.remove(os.path.join(out_dir, name))
+  slots_file = None
+  if slots is not None:
+    slots_file = "slots.npz"
+    _write_slots(os.path.join(out_dir, slots_file), slots, t_len)
 
   mp4_path = os.path.join(out_dir, "overlay.mp4")
   mp4 = _mp4_writer(mp4_path, h, w, fps)
@@ -397,6 +421,11 @@ def write_outputs(out_dir: str, video: Video, ids: np.ndarray, fps: float,
           "overlay_gif": "overlay.gif",
           "overlay_gif_size": list(_gif_size(h, w))[::-1],
           "overlay_mp4": "overlay.mp4" if mp4 is not None else None,
+          "slots": slots_file,
+          "slots_format": (None if slots_file is None else
+                           "npz: slots (T, K, D_slot) float32 merged slots; valid (T, K) bool; "
+                           "track_ids (T, K) int32, -1 where not valid; masks (T, K, h, w) "
+                           "float32 decoder alpha masks on the token grid; token_grid (2,)"),
       },
       "num_objects": len(objects),
       "objects": objects,
@@ -405,6 +434,23 @@ def write_outputs(out_dir: str, video: Video, ids: np.ndarray, fps: float,
   with open(os.path.join(out_dir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=1)
   return summary
+
+
+def _write_slots(path: str, out: dict, num_frames: int) -> None:
+  """slots.npz from the segmenter's outputs (SLOT_KEYS, each (T, K, ...)); see the module doc."""
+  missing = [k for k in SLOT_KEYS if k not in out]
+  if missing:
+    raise KeyError(f"The segmenter's outputs lack {missing} (have {sorted(out)}); cannot write "
+                   f"{path}.")
+  arrays = {"slots": np.asarray(out["slots"], np.float32),
+            "valid": np.asarray(out["valid"], bool),
+            "track_ids": np.asarray(out["track_ids"], np.int32),
+            "masks": np.asarray(out["masks"], np.float32)}
+  for key, value in arrays.items():
+    if value.shape[0] != num_frames or value.shape[:2] != arrays["valid"].shape:
+      raise ValueError(f"Segmenter output {key!r} has shape {value.shape}; expected "
+                       f"({num_frames}, K, ...) like valid {arrays['valid'].shape}.")
+  np.savez(path, **arrays, token_grid=np.asarray(arrays["masks"].shape[2:], np.int32))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -429,22 +475,27 @@ def main(argv=None) -> int:
   parser.add_argument("--max_frames", type=int, default=0, help="first N frames only (0: all)")
   parser.add_argument("--fps", type=float, default=0.0,
                       help=f"overlay frame rate (default: the video's, else {DEFAULT_FPS:g})")
+  parser.add_argument("--save_slots", action="store_true",
+                      help="also write slots.npz: per frame the merged slots, their validity, "
+                           "track ids and token-grid masks")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="write into a non-empty --out, replacing this command's outputs there")
   args = parser.parse_args(argv)
   try:
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-      raise SegmentError(f"--out {args.out!r} exists and is not a folder.")
+    check_out_dir(args.out, args.overwrite)  # before the long read and model set-up
     _require(args.checkpoint, "--checkpoint", _CHECKPOINT_KINDS)  # before a long read
     video = read_video(args.video, args.max_frames or None)
     loaded = load_model(args.checkpoint, args.resolution, xla_flags=True)
   except (ValueError, FileNotFoundError) as e:  # SegmentError, or a bad config/weights file
     print(f"error: {e}", file=sys.stderr)
     return 1
-  ids, _ = segment(loaded, video.frames)
+  ids, out = segment(loaded, video.frames)
   fps = args.fps or video.info.get("fps") or DEFAULT_FPS
-  summary = write_outputs(args.out, video, ids, fps, loaded.info)
+  summary = write_outputs(args.out, video, ids, fps, loaded.info,
+                          slots=out if args.save_slots else None)
   print(f"{summary['num_objects']} tracks over {len(ids)} frames; wrote {args.out}/masks/*.png, "
-        f"overlay.gif{', overlay.mp4' if summary['outputs']['overlay_mp4'] else ''}, "
-        "summary.json", flush=True)
+        f"overlay.gif{', overlay.mp4' if summary['outputs']['overlay_mp4'] else ''}"
+        f"{', slots.npz' if summary['outputs']['slots'] else ''}, summary.json", flush=True)
   return 0
 
 

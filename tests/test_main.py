@@ -7,9 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from solv_jax import evaluate, export, main, train
+from solv_jax import checkpoints, evaluate, export, main, train, train_step
 from solv_jax.data import pipeline
-from solv_jax.models.solv import build_model
+from solv_jax.models import build
+from solv_jax.models.build import build_model
 from tests import tiny
 from tools import export_numpy
 
@@ -47,8 +48,8 @@ def test_train_and_eval_writes_results_pictures_and_exports(data_dir, tmp_path):
   with open(os.path.join(workdir, "eval_step0", "results.json")) as f:
     step0 = json.load(f)
   model = build_model(config)
-  init = {**jax.device_get(train.create_train_state(config, model, train.make_optimizer(
-      config.train)).params), "encoder": train.encoder_params(config, model)}
+  init = {**jax.device_get(train_step.create_train_state(config, model, train_step.make_optimizer(
+      config.train)).params), "encoder": build.encoder_params(config, model)}
   expected = evaluate.evaluate(config, model, init, str(tmp_path / "check"), 0)
   assert step0["step"] == 0 and step0["fg_ari"] == pytest.approx(expected["fg_ari"])
   assert step0["miou"] == pytest.approx(expected["miou"])
@@ -61,20 +62,23 @@ def test_train_and_eval_writes_results_pictures_and_exports(data_dir, tmp_path):
   assert results["miou"] == saved["miou"]
   names = os.listdir(os.path.join(workdir, "eval"))
   assert any(n.endswith(".png") for n in names) and any(n.endswith(".gif") for n in names)
-  assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))) == [2, 4, 6]
+  names = os.listdir(os.path.join(workdir, "checkpoints"))
+  assert sorted(int(s) for s in names if s.isdigit()) == [2, 4, 6]
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints", "manifests"))) == [
+      "2.json", "4.json", "6.json"]  # each kept step verified, no stale manifest
 
   # Export round trip: the .npz holds the same params as the checkpoint.
   out = str(tmp_path / "model.npz")
   assert export_numpy.main(["--workdir", workdir, "--out", out]) == 0
   cfg, params, encoder = export.load_export(out)
-  step, ckpt_params = export.restore_workdir(workdir)
+  step, ckpt_params = checkpoints.restore_params(workdir)
   assert step == 6 and cfg.model.num_slots == config.model.num_slots
   flat_a = jax.tree_util.tree_leaves_with_path(params)
   flat_b = dict(jax.tree_util.tree_leaves_with_path(ckpt_params))
   assert len(flat_a) == len(flat_b)
   for path, value in flat_a:
     np.testing.assert_array_equal(value, flat_b[path])
-  ref_encoder = train.encoder_params(config, build_model(config))
+  ref_encoder = build.encoder_params(config, build_model(config))
   for a, b in zip(jax.tree_util.tree_leaves(encoder), jax.tree_util.tree_leaves(ref_encoder)):
     np.testing.assert_array_equal(a, b)
 
@@ -102,9 +106,9 @@ def test_resume_continues_exactly(data_dir, tmp_path):
 def test_evaluation_reuses_per_frame_binding_with_identical_results(data_dir):
   config = _config(data_dir)
   model = build_model(config)
-  tx = train.make_optimizer(config.train)
-  state = train.create_train_state(config, model, tx)
-  params = {**state.params, "encoder": train.encoder_params(config, model)}
+  tx = train_step.make_optimizer(config.train)
+  state = train_step.create_train_state(config, model, tx)
+  params = {**state.params, "encoder": build.encoder_params(config, model)}
   video = next(iter(pipeline.eval_videos(config)))
   frames = np.asarray(pipeline.preprocess_frames(video["video"], config.data.resolution))
   seg = evaluate.VideoSegmenter(model, params, batch_windows=4, frame_chunk=4)

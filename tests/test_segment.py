@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageSequence
 
-from solv_jax import checkpoints, evaluate, export, metrics, segment, sharding, train
+from solv_jax import checkpoints, evaluate, export, metrics, segment, sharding, train_step
 from solv_jax.data import pipeline, synthetic
-from solv_jax.models.solv import build_model
+from solv_jax.models import build
+from solv_jax.models.build import build_model
 from tests.tiny import tiny_config
 
 T, H, W = 6, 40, 62  # native clip size, deliberately not the model's 42x56 (and W even, H even)
@@ -31,13 +32,13 @@ def model(tmp_path_factory):
   config = tiny_config()
   config.eval.batch_windows = 4
   net = build_model(config)
-  state = train.create_train_state(config, net, train.make_optimizer(config.train))
+  state = train_step.create_train_state(config, net, train_step.make_optimizer(config.train))
   workdir = str(root / "run")
   export.save_config(workdir, config)
   ckpt = checkpoints.Checkpoints(workdir, async_save=False)
   ckpt.save(3, state, {}, force=True)
   ckpt.close()
-  encoder = train.encoder_params(config, net)
+  encoder = build.encoder_params(config, net)
   npz = str(root / "model.npz")  # what tools/export_numpy.py writes (tested in test_main.py)
   export.save_export(npz, config, state.params, encoder)
   params = {**state.params, "encoder": encoder}
@@ -124,7 +125,8 @@ def test_gif_and_mp4_files_from_export(model, clip, tmp_path):
   out = str(tmp_path / "mp4_out")
   os.makedirs(os.path.join(out, "masks"))
   Image.fromarray(np.zeros((2, 2), np.uint8)).save(os.path.join(out, "masks", "000009.png"))
-  assert segment.main(["--checkpoint", npz, "--video", mp4, "--out", out, "--max_frames=4"]) == 0
+  assert segment.main(["--checkpoint", npz, "--video", mp4, "--out", out, "--max_frames=4",
+                       "--overwrite"]) == 0
   ids, summary = _check_outputs(out, 4, (H, W))  # the stale 000009.png is gone
   np.testing.assert_array_equal(ids, _reference_ids(model, iio.imread(mp4)[:4]))
   assert summary["fps"] == pytest.approx(5.0)
@@ -217,10 +219,10 @@ def test_command_applies_the_runs_xla_flags_before_restoring(model, clip, tmp_pa
   flagged = config.copy_and_resolve_references()
   flagged.xla_flags = "--xla_cpu_experimental_ynn_fusion_type="
   export.save_config(run, flagged)
-  calls, restore = [], export.restore_workdir
+  calls, restore = [], checkpoints.restore_params
   monkeypatch.setattr(sharding, "apply_xla_flags",
                       lambda flags, strict: calls.append(("flags", flags, strict)))
-  monkeypatch.setattr(export, "restore_workdir",
+  monkeypatch.setattr(checkpoints, "restore_params",
                       lambda *a, **k: calls.append(("restore",)) or restore(*a, **k))
   folder = tmp_path / "frames"
   folder.mkdir()
@@ -228,3 +230,81 @@ def test_command_applies_the_runs_xla_flags_before_restoring(model, clip, tmp_pa
     Image.fromarray(frame).save(folder / f"{t}.png")
   assert segment.main([f"--checkpoint={run}", f"--video={folder}", f"--out={tmp_path / 'o'}"]) == 0
   assert calls == [("flags", flagged.xla_flags, False), ("restore",)]
+
+
+def _frames_folder(tmp_path, clip, name="frames"):
+  folder = tmp_path / name
+  folder.mkdir()
+  for t, frame in enumerate(clip):
+    Image.fromarray(frame).save(folder / f"{t}.png")
+  return str(folder)
+
+
+def test_non_empty_out_is_refused_unless_overwrite(model, clip, tmp_path, capsys):
+  # Issue 18.7: the command used to delete masks/*.png and replace summary.json in silence.
+  workdir = model[0]
+  folder = _frames_folder(tmp_path, clip[:3])
+  out = tmp_path / "out"
+  (out / "masks").mkdir(parents=True)
+  Image.fromarray(np.zeros((2, 2), np.uint8)).save(out / "masks" / "000050.png")
+  (out / "summary.json").write_text('{"mine": 1}')
+  (out / "notes.txt").write_text("keep me")
+  before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+  # Refused before the checkpoint is even looked at (this one does not exist).
+  for checkpoint in (str(tmp_path / "no_such_checkpoint"), workdir):
+    rc = segment.main([f"--checkpoint={checkpoint}", f"--video={folder}", f"--out={out}"])
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    assert err.strip().count("\n") == 0, err  # one line
+    assert "not empty" in err and str(out) in err and "--overwrite" in err, err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # untouched
+  # A file as --out, and an empty existing folder (accepted).
+  (tmp_path / "file").write_text("x")
+  assert segment.main([f"--checkpoint={workdir}", f"--video={folder}",
+                       f"--out={tmp_path / 'file'}"]) == 1
+  assert "is not a folder" in capsys.readouterr().err
+  (tmp_path / "empty").mkdir()
+  assert segment.main([f"--checkpoint={workdir}", f"--video={folder}",
+                       f"--out={tmp_path / 'empty'}"]) == 0
+  # --overwrite replaces this command's outputs and leaves the user's other files alone.
+  assert segment.main([f"--checkpoint={workdir}", f"--video={folder}", f"--out={out}",
+                       "--overwrite"]) == 0
+  ids, summary = _check_outputs(str(out), 3, (H, W))  # 000050.png is gone, summary is ours
+  assert "mine" not in summary
+  assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_save_slots_writes_the_segmenters_outputs(model, clip, tmp_path):
+  workdir, _, reference, config = model
+  folder = _frames_folder(tmp_path, clip)
+  out = tmp_path / "out"
+  assert segment.main([f"--checkpoint={workdir}", f"--video={folder}", f"--out={out}",
+                       "--save_slots"]) == 0
+  ids, summary = _check_outputs(str(out), T, (H, W))
+  assert summary["outputs"]["slots"] == "slots.npz"
+  with np.load(out / "slots.npz") as f:
+    saved = {k: f[k] for k in f.files}
+  assert set(saved) == {"slots", "valid", "track_ids", "masks", "token_grid"}
+  k, gh, gw = config.model.num_slots, *reference.grid_hw
+  assert saved["slots"].shape[:2] == saved["valid"].shape == saved["track_ids"].shape == (T, k)
+  assert saved["slots"].dtype == np.float32 and saved["track_ids"].dtype == np.int32
+  assert saved["masks"].shape == (T, k, gh, gw) and saved["token_grid"].tolist() == [gh, gw]
+  # The segmenter run here directly (the evaluation protocol) gives the same arrays.
+  expected = reference(pipeline.preprocess_frames(clip, tuple(config.data.resolution)))
+  for key in ("slots", "masks"):
+    np.testing.assert_allclose(saved[key], expected[key], rtol=1e-5, atol=1e-6, err_msg=key)
+  np.testing.assert_array_equal(saved["valid"], expected["valid"])
+  np.testing.assert_array_equal(saved["track_ids"], expected["track_ids"])
+  assert ((saved["track_ids"] >= 0) == saved["valid"]).all()
+  # The PNGs are the saved masks upsampled and argmaxed over the saved track ids.
+  np.testing.assert_array_equal(
+      ids, metrics.masks_to_ids(saved["masks"], saved["track_ids"], out_hw=(H, W)))
+  # The saved track ids are those of slots tracked frame to frame from the saved slots.
+  np.testing.assert_array_equal(saved["track_ids"],
+                                metrics.track_slots(saved["slots"], saved["valid"]))
+  # Rerun into it without --save_slots: the stale slots.npz goes with --overwrite.
+  assert segment.main([f"--checkpoint={workdir}", f"--video={folder}", f"--out={out}",
+                       "--overwrite"]) == 0
+  assert not (out / "slots.npz").exists()
+  with open(out / "summary.json") as f:
+    assert json.load(f)["outputs"]["slots"] is None

@@ -7,7 +7,7 @@ import jax
 import pytest
 
 from configs import base, demo
-from solv_jax import sharding, train
+from solv_jax import sharding
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 YNN_OFF = "--xla_cpu_experimental_ynn_fusion_type="
@@ -68,4 +68,4 @@ def test_too_late_is_an_error(monkeypatch):
 def test_recipes_set_the_flag_and_the_demo_does_not():
   assert base.get_config().xla_flags == YNN_OFF
   assert demo.get_config().xla_flags == ""
-  train.validate_config(demo.get_config())
+  base.validate(demo.get_config())

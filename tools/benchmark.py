@@ -8,6 +8,7 @@
   python tools/benchmark.py --config=configs/ytvis19.py --config.train.batch_size=2 --what=gemm
   python tools/benchmark.py --config=configs/ytvis19.py --config.train.batch_size=2 \
       --what=attention
+  python tools/benchmark.py --config=configs/ytvis19.py --config.train.batch_size=2 --what=parts
 
 Prints one JSON line per measurement and a table at the end. Step time is the median of
 --steps timed steps after compilation (block_until_ready); FLOPs are XLA's cost analysis of
@@ -45,7 +46,9 @@ def define_flags() -> None:
                     "without compiling or running it), profile (trace the step: time by model "
                     "part, pass and op kind), gemm (time the step's main matmul shapes alone: "
                     "the utilisation XLA's kernels allow this model), attention (the step's frozen "
-                    "DINOv2 forward with each attention variant: what attention costs).")
+                    "DINOv2 forward with each attention variant: what attention costs), parts "
+                    "(the step in the authors' four parts: encoder target pass, encoder on the "
+                    "dropped frames, trainable forward, backward + optimizer).")
   flags.DEFINE_integer("steps", 5, "Timed steps per measurement (after compilation).")
   flags.DEFINE_integer("eval_frames", 30, "Frames of the evaluation video.")
   flags.DEFINE_integer("eval_repeats", 1, "Timed passes over the evaluation video.")
@@ -56,7 +59,11 @@ def define_flags() -> None:
 
 
 RESULTS: list[dict] = []
-MODES = ("matmul", "step", "merge", "drop", "eval", "flops", "profile", "gemm", "attention")
+MODES = ("matmul", "step", "merge", "drop", "eval", "flops", "profile", "gemm", "attention",
+         "parts")
+# The four parts of the step, as the authors' PyTorch step splits (issue 24).
+PARTS_OF_STEP = ("encoder_target", "encoder_dropped", "trainable_forward",
+                 "backward_and_optimizer")
 
 
 def emit(record: dict) -> dict:
@@ -114,7 +121,7 @@ def _dinov2_dims(config):
   variant config, blocks run, patches per frame N, batch B, frames per window F, tokens
   before the patches: CLS and registers)."""
   from solv_jax.models import dinov2
-  from solv_jax.models.solv import build_model
+  from solv_jax.models.build import build_model
   model = build_model(config)
   v = dinov2.variant_config(config.model.encoder)
   return (model, v, config.model.encoder_blocks or v["depth"],
@@ -190,6 +197,7 @@ def stepper(compiled, state, frozen, batch, key):
     holder["state"], m = compiled(holder["state"], frozen, batch, key)
     jax.block_until_ready(m)
 
+  run.state = lambda: holder["state"]  # the newest state (the step donates its input)
   return run
 
 
@@ -216,11 +224,10 @@ def bench_attention(config, repeats: int = 5) -> list[dict]:
   are what attention costs; `attention_flops` counts its two products."""
   import jax
   import jax.numpy as jnp
-  from solv_jax import train
-  from solv_jax.models import dinov2
+  from solv_jax.models import build, dinov2
   model, v, blocks, n, b, f, prefix = _dinov2_dims(config)
   heads, d = v["num_heads"], v["embed_dim"]
-  params = train.encoder_params(config, model)
+  params = build.encoder_params(config, model)
   h, w = model.resolution
   encoder = dinov2.DINOv2(config.model.encoder, dtype=jnp.dtype(config.model.encoder_dtype),
                           num_blocks=config.model.encoder_blocks)
@@ -247,6 +254,76 @@ def bench_attention(config, repeats: int = 5) -> list[dict]:
   return records
 
 
+def bench_parts(config, repeats: int) -> list[dict]:
+  """The train step timed in the four parts the authors' PyTorch step is measured in: DINOv2's
+  full-token pass over the B middle frames (the targets), DINOv2 with token drop over the
+  B x F frames, the trainable forward to the loss (spatial binding, temporal binding, merge,
+  decoder, MSE) on those features, and backward + clip + Adam (the forward, backward and
+  update jitted together, less the forward alone). Each part is its own jitted function
+  (median of `repeats` calls after compilation), so the four need not add up to the fused
+  step exactly; `train_step` with --what=step times the fused one. Merging is on for every
+  sample, as at the last step (bench_step's worst case)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+  from solv_jax import train_step
+  from solv_jax.models import build
+  from solv_jax.models.solv import SOLV
+
+  model = build.build_model(config)
+  tx = train_step.make_optimizer(config.train)
+  frozen = build.encoder_params(config, model)
+  trainable = build.initial_params(config, model)
+  opt_state = tx.init(trainable)
+  b, f, (h, w) = config.train.batch_size, model.num_frames, config.data.resolution
+  video = jnp.asarray(np.random.default_rng(0).normal(size=(b, f, h, w, 3)), jnp.float32)
+  frame_mask = jnp.ones((b, f), bool)
+  merge_prob = 1.0 if config.model.merge else 0.0
+  drop, key = config.model.token_drop, jax.random.key(0)
+
+  target = jax.jit(lambda p, v: model.apply({"params": {"encoder": p}}, v[:, f // 2],
+                                            method=SOLV.encode))
+  dropped = jax.jit(lambda p, v: model.apply(
+      {"params": {"encoder": p}}, v.reshape(b * f, h, w, 3),
+      method=lambda m, x: m.encoder(x, drop_ratio=drop), rngs={"token_drop": key}))
+
+  def loss(params, feats, keep_idx, tgt):
+    def body(m, feats, keep_idx, tgt):
+      n = feats.shape[1]
+      slots, attn = m.bind_spatial(feats.reshape(b, f, n, -1), keep_idx.reshape(b, f, n),
+                                   train=True)
+      out = m.decode_window(slots, attn, frame_mask, keep_idx.reshape(b, f, n), train=True,
+                            merge_prob=merge_prob)
+      return jnp.mean(jnp.square(out["recon"] - tgt))
+    return model.apply({"params": build.with_encoder(params, frozen)}, feats, keep_idx, tgt,
+                       method=body, rngs={"dropout": key, "merge": key})
+
+  def update(params, opt_state, feats, keep_idx, tgt):
+    value, grads = jax.value_and_grad(loss)(params, feats, keep_idx, tgt)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, value
+
+  forward, forward_backward = jax.jit(loss), jax.jit(update)
+  tgt = target(frozen, video)
+  feats, keep_idx = dropped(frozen, video)
+  calls = {"encoder_target": lambda: target(frozen, video),
+           "encoder_dropped": lambda: dropped(frozen, video),
+           "trainable_forward": lambda: forward(trainable, feats, keep_idx, tgt),
+           "forward_backward_optimizer": lambda: forward_backward(trainable, opt_state, feats,
+                                                                   keep_idx, tgt)}
+  seconds = {}
+  for name, fn in calls.items():
+    jax.block_until_ready(fn())  # compile
+    seconds[name] = statistics.median(timed(lambda: jax.block_until_ready(fn()), repeats))
+  seconds["backward_and_optimizer"] = (seconds.pop("forward_backward_optimizer")
+                                       - seconds["trainable_forward"])
+  total = sum(seconds.values())
+  return [emit({"what": "part", "part": name, "seconds": seconds[name],
+                "share": seconds[name] / total, "batch_size": b, "resolution": [h, w],
+                "token_drop": drop}) for name in PARTS_OF_STEP]
+
+
 def bench_step(config, label: str, rate: float | None, flops_only: bool = False,
                profile: bool = False, time_steps: bool = True, **extra) -> dict:
   """Times the jit'd train step. FLOPs come from XLA's cost analysis of the step's HLO before
@@ -256,14 +333,14 @@ def bench_step(config, label: str, rate: float | None, flops_only: bool = False,
   with time_steps=False instead of timing it."""
   import jax
   import numpy as np
-  from solv_jax import sharding, train
-  from solv_jax.models.solv import build_model
+  from solv_jax import sharding, train_step
+  from solv_jax.models import build
 
-  model = build_model(config)
-  tx = train.make_optimizer(config.train)
+  model = build.build_model(config)
+  tx = train_step.make_optimizer(config.train)
   mesh = sharding.make_mesh()
-  frozen = jax.device_put(train.encoder_params(config, model), sharding.replicated(mesh))
-  state = train.create_train_state(config, model, tx)
+  frozen = jax.device_put(build.encoder_params(config, model), sharding.replicated(mesh))
+  state = train_step.create_train_state(config, model, tx)
   # At the last step the merge probability is 1: every sample is merged (worst case).
   state = jax.device_put(state.replace(step=jax.numpy.int32(config.train.num_steps - 1)),
                          sharding.replicated(mesh))
@@ -272,7 +349,8 @@ def bench_step(config, label: str, rate: float | None, flops_only: bool = False,
   rng = np.random.default_rng(0)
   batch = sharding.shard_batch({"video": rng.normal(size=(b, f, h, w, 3)).astype(np.float32),
                                 "frame_mask": np.ones((b, f), bool)}, mesh)
-  step = jax.jit(train.make_train_step(model, tx, config))
+  # The trainer's own jitted step: its shardings, its donation of the state.
+  step = train_step.compiled_train_step(config, model, tx, mesh)
   key = jax.random.key(0)
   t0 = time.perf_counter()
   lowered = step.lower(state, frozen, batch, key)
@@ -317,7 +395,7 @@ def bench_step(config, label: str, rate: float | None, flops_only: bool = False,
             **extra}
   record = emit(record)
   if profile:  # the same executable: no second compile (a minute on a GPU)
-    return profile_step(compiled, state, frozen, batch, key, label, flops, rate)
+    return profile_step(compiled, run.state(), frozen, batch, key, label, flops, rate)
   return record
 
 
@@ -403,13 +481,12 @@ def profile_step(compiled, state, frozen, batch, key, label: str, flops: float,
 def bench_eval(config) -> None:
   import jax
   import numpy as np
-  from solv_jax import evaluate, train
-  from solv_jax.models.solv import build_model
+  from solv_jax import evaluate
+  from solv_jax.models import build
 
-  model = build_model(config)
-  tx = train.make_optimizer(config.train)
-  state = train.create_train_state(config, model, tx)
-  params = {**jax.device_get(state.params), "encoder": train.encoder_params(config, model)}
+  model = build.build_model(config)
+  params = build.with_encoder(jax.device_get(build.initial_params(config, model)),
+                              build.encoder_params(config, model))
   h, w = config.data.resolution
   frames = np.random.default_rng(0).normal(size=(flags.FLAGS.eval_frames, h, w, 3)).astype(
       np.float32)
@@ -478,6 +555,8 @@ def main(argv):
             f"wall time, so the shares above are of that part only. {why}", flush=True)
   if "attention" in what:
     bench_attention(config)
+  if "parts" in what:
+    bench_parts(config, flags.FLAGS.steps)
   if "merge" in what:
     for backend in ("device", "host"):
       c = config.copy_and_resolve_references()
@@ -517,6 +596,9 @@ def main(argv):
       print(f"| attention={r['variant']}: DINOv2 forward, {r['num_frames']} x {r['frames']} "
             f"({r['tokens']} tokens) | {r['seconds']:.3f} | - | "
             f"{r['attention_flops'] / 1e9:.1f} (attention) | - | - | - |")
+    elif r["what"] == "part":
+      print(f"| part: {r['part']} | {r['seconds']:.3f} | - | - | {r['share']:.1%} of the "
+            f"parts' sum | - | - |")
     elif "frames_per_second" in r:
       print(f"| {r['what']} | {r['seconds']:.2f} s / {r['frames']} frames | "
             f"{r['frames_per_second']:.2f} frames/s | | | |")

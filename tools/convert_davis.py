@@ -6,6 +6,9 @@
 Expects root/JPEGImages/480p/<video>/00000.jpg, root/Annotations/480p/<video>/
 00000.png and root/ImageSets/2017/{train,val}.txt. Re-running with a complete
 output is a no-op.
+Every frame and annotation is decoded: a damaged file stops the conversion
+with one line naming the video and the file (exit status 1), and no partial
+dataset is left in --out.
 """
 import sys
 

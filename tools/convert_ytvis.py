@@ -6,6 +6,9 @@
 Expects root/{train,valid,test}/JPEGImages/<video>/<frame>.jpg and
 root/{split}/{split}.json, plus root/train/Annotations/<video>/<frame>.png (or RLE
 annotations in train.json). Re-running with a complete output is a no-op.
+Every frame and annotation is decoded: a damaged file stops the conversion
+with one line naming the video and the file (exit status 1), and no partial
+dataset is left in --out.
 """
 import sys
 

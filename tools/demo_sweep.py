@@ -76,16 +76,18 @@ def norm(x):
 
 def run_exp(exp, root, out_path):
   import jax
-  from solv_jax import train, metrics, evaluate, baselines
-  from solv_jax.models.solv import SOLV, build_model
+  from solv_jax import train_step, metrics, evaluate, baselines
+  from solv_jax.models import build
+  from solv_jax.models.build import build_model
+  from solv_jax.models.solv import SOLV
   config = build_config(exp)
   d = np.load(data_path(exp, root))
   tv, vv, vs = d["tv"], d["vv"], d["vs"]
   model = build_model(config)
-  tx = train.make_optimizer(config.train)
-  frozen = train.encoder_params(config, model)
-  state = train.create_train_state(config, model, tx)
-  step = jax.jit(train.make_train_step(model, tx, config), donate_argnums=(0,))
+  tx = train_step.make_optimizer(config.train)
+  frozen = build.encoder_params(config, model)
+  state = train_step.create_train_state(config, model, tx)
+  step = jax.jit(train_step.make_train_step(model, tx, config), donate_argnums=(0,))
   n = config.data.num_context
   T = tv.shape[1]
   B = config.train.batch_size

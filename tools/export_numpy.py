@@ -8,6 +8,7 @@ config (JSON, '__config__'); `solv_jax.export.load_export(path)` reads it back.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -19,17 +20,20 @@ def main(argv=None) -> int:
   parser.add_argument("--step", type=int, default=None)
   parser.add_argument("--no-encoder", action="store_true", help="leave the DINOv2 params out")
   args = parser.parse_args(argv)
-  from solv_jax import export, train
-  from solv_jax.models.solv import build_model
+  from solv_jax import export
+  from solv_jax.models import build
+  if not os.path.isdir(args.workdir):
+    print(f"error: --workdir {args.workdir!r} is not a folder (a training workdir).",
+          file=sys.stderr)
+    return 1
   try:
-    config = export.load_config(args.workdir)
-    step, params = export.restore_workdir(args.workdir, args.step)
-  except FileNotFoundError as e:
+    loaded = build.load(args.workdir, args.step, with_encoder_params=not args.no_encoder)
+  except (FileNotFoundError, build.LoadError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  encoder = None if args.no_encoder else train.encoder_params(config, build_model(config))
-  export.save_export(args.out, config, params, encoder)
-  print(f"wrote {args.out} (step {step})")
+  params = {k: v for k, v in loaded.params.items() if k != "encoder"}
+  export.save_export(args.out, loaded.config, params, loaded.params.get("encoder"))
+  print(f"wrote {args.out} (step {loaded.step})")
   return 0
 
 

@@ -7,8 +7,11 @@ records.py), so the same pipeline reads MOVi-E, YTVIS19 and DAVIS17:
     file names for DAVIS);
   * black borders are removed per video with the box found on frame 0
     (`border_box`, SPEC §6), and the same box crops the annotations;
-  * frames that are already RGB JPEG and need no crop are stored byte for byte;
-    others (grayscale, RGBA, palette, CMYK, cropped) are converted to RGB and
+  * every frame and annotation is decoded in full, so a damaged file (e.g. a
+    truncated JPEG) stops the conversion with an error naming the video and the
+    file, and no dataset is left behind; frames that are already RGB JPEG and
+    need no crop are then stored byte for byte (they decode as checked); others
+    (grayscale, RGBA, palette, CMYK, cropped) are converted to RGB and
     re-encoded as JPEG;
   * annotation ids are the palette indices of the PNGs (0 background, DAVIS's
     void 255 kept as 255); YTVIS copies without Annotations PNGs get their masks
@@ -26,10 +29,12 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -93,9 +98,37 @@ class VideoJob:
   where: str = ""                         # for error messages
 
 
-def _read_ids(path: str) -> np.ndarray:
+class DamagedFileError(ValueError):
+  """A raw frame or annotation that cannot be decoded."""
+
+
+@contextlib.contextmanager
+def _decoded(path: str, where: str, what: str):
+  """Image.open(path), fully decoded; a file that does not decode is a one-line error.
+
+  `what` names the file in the message ("frame 3", "annotation of frame 3").
+  Decoding everything (not just the header) is what catches a truncated or
+  corrupt JPEG here instead of in TensorFlow's decoder during training.
+  """
+  img = None
+  try:
+    img = Image.open(path)
+    img.load()
+  except (OSError, SyntaxError, ValueError) as e:  # what PIL raises for bad data
+    if img is not None:
+      img.close()
+    size = os.path.getsize(path) if os.path.exists(path) else 0
+    raise DamagedFileError(
+        f"{where}: {what} {path} ({size} bytes) cannot be decoded: {e}. The file is "
+        "damaged (an interrupted download or copy?); restore it from the original "
+        "archive and convert again.") from None
+  with img:
+    yield img
+
+
+def _read_ids(path: str, where: str = "", what: str = "annotation") -> np.ndarray:
   """Object ids of an annotation PNG: palette indices (or gray values)."""
-  with Image.open(path) as img:
+  with _decoded(path, where or path, what) as img:
     if img.mode in ("P", "L"):
       ids = np.array(img)
     elif img.mode in ("I", "I;16", "I;16B"):
@@ -133,7 +166,7 @@ def video_example(job: VideoJob, jpeg_quality: int = 95) -> dict:
   for path in job.frames:
     if not os.path.exists(path):
       raise FileNotFoundError(f"{where}: frame {path} is listed but missing.")
-  with Image.open(job.frames[0]) as img0:
+  with _decoded(job.frames[0], where, "frame 0") as img0:
     size0 = img0.size  # (W, H)
     frame0 = np.asarray(img0.convert("RGB"))
   box = border_box(frame0)
@@ -141,7 +174,7 @@ def video_example(job: VideoJob, jpeg_quality: int = 95) -> dict:
 
   video = []
   for i, path in enumerate(job.frames):
-    with Image.open(path) as img:
+    with _decoded(path, where, f"frame {i}") as img:
       if img.size != size0:
         raise ValueError(
             f"{where}: frame {i} ({path}) is {img.size[0]}x{img.size[1]} but "
@@ -161,12 +194,12 @@ def video_example(job: VideoJob, jpeg_quality: int = 95) -> dict:
       raise ValueError(f"{where}: {len(job.mask_pngs)} annotations for "
                        f"{num_frames} frames.")
     ids = []
-    for path in job.mask_pngs:
+    for i, path in enumerate(job.mask_pngs):
       if not os.path.exists(path):
         raise FileNotFoundError(
             f"{where}: missing annotation {path} (one PNG per frame, same "
             "file name as the frame).")
-      frame_ids = _read_ids(path)
+      frame_ids = _read_ids(path, where, f"annotation of frame {i}")
       if frame_ids.shape != (height, width):
         raise ValueError(
             f"{where}: annotation {path} is {frame_ids.shape[1]}x"
@@ -392,9 +425,13 @@ def _main(argv, convert, default_splits, what):
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO)
   splits = [s for s in args.splits.split(",") if s]
-  path = convert(args.root, args.out, splits=splits,
-                 jpeg_quality=args.jpeg_quality, workers=args.workers,
-                 overwrite=args.overwrite)
+  try:
+    path = convert(args.root, args.out, splits=splits,
+                   jpeg_quality=args.jpeg_quality, workers=args.workers,
+                   overwrite=args.overwrite)
+  except (OSError, ValueError) as e:  # bad layout or a damaged file: say which, in one line
+    sys.exit(f"{parser.prog}: error: {e} The conversion stopped; {args.out} holds no "
+             "partial dataset.")
   index = records.read_index(path)
   for split, entries in index["splits"].items():
     print(f"{split}: {len(entries['num_frames'])} videos, "

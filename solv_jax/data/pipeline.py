@@ -28,12 +28,21 @@ converters' border crop) with int32 ground truth, -1 = void (stored id 255), in
 dataset order. YTVIS19: videos [600:900] of train.json ('authors', SPEC §7;
 they overlap the training videos) or the same videos with training restricted
 to the other videos ('disjoint'). DAVIS17: the 30 `val` videos.
+
+Faults are named. `check_data(config)` is the cheap first call of an entry
+point: a missing or unconverted dataset fails there in seconds, in one line,
+before any model set-up. While reading, TF's errors are translated: a corrupt
+record (TF's DataLossError names only a byte offset) becomes an OSError naming
+the damaged shard file, and a frame TF cannot decode (records converted before
+the converters decoded every frame) one naming the video and frame; both end
+with what to do (convert again, copy again, or delete to rebuild).
 """
 
 from __future__ import annotations
 
 import atexit
 import dataclasses
+import itertools
 import json
 import os
 import weakref
@@ -42,6 +51,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from solv_jax.data import sources
+from solv_jax.data import synthetic
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -186,6 +196,7 @@ class TrainIterator:
                process_index: int = 0, process_count: int = 1,
                prefetch: int = 2):
     self._it = None
+    self._read_error = None  # a DataLossError met while reading records (see _clips)
     if num_context < 0:
       raise ValueError(f"num_context must be >= 0, got {num_context}.")
     if batch_size < 1 or batch_size % process_count:
@@ -278,11 +289,49 @@ class TrainIterator:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
     if self._it is None:  # (re)start the streams at the current step
       self._it = self._build(self._step)
-    batch = next(self._it)
-    self._step += 1
-    return batch
+    try:
+      batch = next(self._it)
+    except tf.errors.OpError as e:  # TF names a byte offset or nothing: name the file
+      self.close()
+      named = self._named_error(e)
+      if named is None:
+        raise
+    else:
+      self._step += 1
+      return batch
+    # Raised outside the except block, so no chained TF error keeps the dead streams alive.
+    raise named
+
+  def _named_error(self, error) -> OSError | None:
+    """The user-facing error for a TF error of batch `self.step`, or None."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    lost = error if isinstance(error, tf.errors.DataLossError) else self._read_error
+    self._read_error = None
+    if lost is not None:  # from_generator hands it on as an UnknownError
+      return self.source.damaged_record_error(self._files_from(self._step), lost)
+    if isinstance(error, tf.errors.InvalidArgumentError) and sources.is_decode_error(error):
+      return self.source.bad_frame_error(self._batch_videos(self._step), error)
+    return None
+
+  def _files_from(self, step: int) -> list[str]:
+    """Every file this iterator reads, those it reads from batch `step` on first."""
+    every = list(dict.fromkeys(f for files in self._chunk_files for f, _, _ in files))
+    ahead = itertools.islice(self._record_files(step), 2 * len(every))
+    return list(dict.fromkeys([f for f, _, _ in ahead] + every))
+
+  def _batch_videos(self, step: int) -> list[tuple[str, int]]:
+    """(split, index) of the videos in this host's part of global batch `step`."""
+    B, b, p = self.batch_size, self.local_batch, self.process_index
+    clips = self.order.clips_at(step * B, (step + 1) * B)[p * b:(p + 1) * b]
+    starts = sorted(self._offsets.items(), key=lambda kv: kv[1])
+    videos = []
+    for gid in dict.fromkeys(clips[:, 0].tolist()):
+      split, offset = [kv for kv in starts if kv[1] <= gid][-1]
+      videos.append((split, gid - offset))
+    return videos
 
   def close(self):
     self._it = None  # finalises both tf.data streams and their generators
@@ -293,6 +342,7 @@ class TrainIterator:
   def _build(self, step: int):
     """The numpy iterator of batches from global batch `step` on."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    self._read_error = None
     # Stream 1: the records this host needs, in block order, read in sequence.
     parse = self.source.encoded_video_parser()
     records = tf.data.Dataset.from_generator(
@@ -346,12 +396,17 @@ class TrainIterator:
 
   def _clips(self, step: int, records) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """This host's clips from global batch `step` on: (F,) bytes, (F,) bool."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
     n, F = self.num_context, self.num_frames
     for clips, chunks in self._plans(step):
       videos = {}
       for c in chunks:
         for gid in range(*self._chunk_gids[c]):
-          videos[gid] = next(records)
+          try:
+            videos[gid] = next(records)
+          except tf.errors.DataLossError as e:  # leaves this generator as UnknownError
+            self._read_error = e
+            raise
       for gid, t in clips:
         frames = videos[gid]
         idx = t - n + np.arange(F)
@@ -460,7 +515,24 @@ def eval_videos(config, *, split: str | None = None,
   ds = source.read_eval_videos(spec)
   if max_videos and max_videos > 0:
     ds = ds.take(int(max_videos))
-  for ex in ds.as_numpy_iterator():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  split, first = _spec_start(spec)
+  examples = ds.as_numpy_iterator()
+  for count in itertools.count():
+    named = None
+    try:
+      ex = next(examples)
+    except StopIteration:
+      return
+    except tf.errors.DataLossError as e:  # TF names a byte offset, not the file
+      named = source.damaged_record_error(source.split_files(spec), e)
+    except tf.errors.InvalidArgumentError as e:
+      if not sources.is_decode_error(e):
+        raise
+      named = source.bad_frame_error([(split, first + count)], e)
+    if named is not None:
+      del examples  # outside the except block, so that nothing keeps the TF iterator alive
+      raise named
     meta = ex["metadata"]
     out = {
         "video": ex["video"],
@@ -474,15 +546,71 @@ def eval_videos(config, *, split: str | None = None,
     yield out
 
 
+def _spec_start(spec: str) -> tuple[str, int]:
+  """'train[600:900]' -> ('train', 600); 'val' -> ('val', 0)."""
+  split, _, rest = spec.partition("[")
+  start = rest.split(":")[0] if rest else ""
+  return split, int(start) if start else 0
+
+
 def num_eval_videos(config, *, split: str | None = None) -> int:
   """How many videos eval_videos yields (before eval_max_videos)."""
   data_config = data_config_of(config)
   source = sources.open_source(data_config)
-  spec = eval_split_spec(data_config, source, split)
+  return _num_videos(source, eval_split_spec(data_config, source, split))
+
+
+def _num_videos(source: sources.VideoSource, spec: str) -> int:
   if "[" in spec:
     lo, hi = spec[spec.index("[") + 1:-1].split(":")
     return int(hi) - int(lo)
   return source.num_videos(spec)
+
+
+# ----------------------------------------------------------------------------
+# Checking a dataset before anything else is set up
+
+
+def check_data(config, mode: str = "train_and_eval") -> str:
+  """Fails fast when the dataset of config.data cannot serve `mode`; else a summary line.
+
+  Meant to run first, before any model set-up, so that a wrong data_dir or
+  unconverted records end the run in seconds with one line. Reads only
+  metadata (dataset_info.json, the index) and stats the shards; builds
+  nothing: the embedded synthetic dataset, when not yet built, is reported as
+  built on first use. Raises FileNotFoundError, OSError or ValueError with a
+  one-line message.
+
+  Args:
+    config: the full config or config.data.
+    mode: 'train', 'eval' or 'train_and_eval': which splits must exist.
+  """
+  if mode not in ("train", "eval", "train_and_eval"):
+    raise ValueError(f"mode must be 'train', 'eval' or 'train_and_eval', got {mode!r}.")
+  data_config = data_config_of(config)
+  name, data_dir, path = sources.locate(data_config)
+  train_splits = _split_list(sources.config_value(data_config, "train_split"))
+  eval_split = sources.config_value(data_config, "eval_split")
+  if name == "synthetic" and not synthetic.is_built(
+      synthetic.config_from(sources.config_value(data_config, "synthetic", None)), data_dir):
+    wanted = (train_splits if mode != "eval" else []) + (
+        [eval_split] if mode != "train" else [])
+    unknown = [s for s in wanted if s not in synthetic.SPLITS]
+    if unknown:
+      raise ValueError(f"The synthetic dataset has no split {unknown[0]!r}; splits: "
+                       f"{list(synthetic.SPLITS)}.")
+    return f"synthetic data not built yet: it is built at {path} on first use."
+  source = sources.open_source(data_config)  # built or converted: opens metadata only
+  parts = []
+  if mode != "eval":
+    for split in train_splits:
+      source.check_split(split)
+    videos = sum(source.num_videos(s) for s in train_splits)
+    parts.append(f"train {'+'.join(train_splits)} ({videos} videos)")
+  if mode != "train":
+    spec = eval_split_spec(data_config, source)
+    parts.append(f"eval {spec} ({_num_videos(source, spec)} videos)")
+  return f"{name} at {source.path}: " + ", ".join(parts)
 
 
 def get_dataset(config, mode: str = "train", **kwargs):

@@ -223,13 +223,39 @@ def write_dataset(
 
   Returns:
     The dataset directory (data_dir/name[/config]/version).
+
+  If writing fails (an example raises, an interrupt), the partial output is
+  removed and a complete dataset that was being replaced is put back.
   """
   path = dataset_dir(data_dir, name, version, config)
   if not overwrite and is_complete(path, fingerprint):
     return path
+  # A complete dataset being replaced is kept aside until the new one is whole,
+  # and put back if writing fails; a partial one is removed.
+  aside = os.path.join(os.path.dirname(path), f".replaced.{os.path.basename(path)}")
+  shutil.rmtree(aside, ignore_errors=True)  # left by a rebuild that was killed
+  replacing = read_index(path) is not None
+  if replacing:
+    os.replace(path, aside)
   _remove_partial(data_dir, name, config, path)
   os.makedirs(data_dir, exist_ok=True)
+  try:
+    _write(name=name, data_dir=data_dir, features=features, splits=splits,
+           fingerprint=fingerprint, version=version, config=config,
+           description=description, path=path)
+  except BaseException:  # a bad input file, Ctrl-C, a full disk: leave nothing half-written
+    _remove_partial(data_dir, name, config, path)
+    if replacing:
+      os.replace(aside, path)
+    raise
+  if replacing:
+    shutil.rmtree(aside, ignore_errors=True)
+  return path
 
+
+def _write(*, name, data_dir, features, splits, fingerprint, version, config,
+           description, path) -> None:
+  """write_dataset's body: the TFDS write, then the index that marks completion."""
   index = {"fingerprint": json.loads(json.dumps(dict(fingerprint))), "splits": {}}
 
   def tracked(split, total, make_examples) -> Iterator[tuple[str, dict]]:
@@ -262,4 +288,3 @@ def write_dataset(
   with open(tmp_index, "w") as f:
     json.dump(index, f)
   os.replace(tmp_index, os.path.join(path, INDEX_FILE))
-  return path

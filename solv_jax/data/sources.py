@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -65,6 +67,7 @@ class VideoSource:
   # Restrict ground truth to the objects present in frame 0 (YTVIS/DAVIS
   # protocol, SPEC §7); MOVi-E and synthetic keep every id.
   first_frame_objects: bool = False
+  fix: str = ""  # what to do when the records are damaged (ends error messages)
   _lengths: dict = dataclasses.field(default_factory=dict)
 
   @property
@@ -130,6 +133,61 @@ class VideoSource:
     parser = example_parser.ExampleParser(video.get_serialized_info())
     return lambda serialized: parser.parse_example(serialized)["video"]
 
+  def split_files(self, split_spec: str) -> list[str]:
+    """The TFRecord files holding `split_spec` (e.g. 'train[600:900]'), in order."""
+    instructions = self.builder.info.splits[split_spec].file_instructions
+    return list(dict.fromkeys(os.fspath(f.filename) for f in instructions))
+
+  def video_name(self, split: str, index: int) -> str:
+    """Name of video `index` of `split` from the index file, else 'split[index]'."""
+    index_file = records.read_index(self.path) if "://" not in self.path else None
+    names = ((index_file or {}).get("splits", {}).get(split, {}).get("video_name") or [])
+    return names[index] if index < len(names) else f"{split}[{index}]"
+
+  def damaged_record_error(self, files: Sequence[str], error) -> OSError:
+    """The error for TF's DataLossError raised while reading `files` (read order).
+
+    Re-reads the files one by one (TF's own framing and CRC checks) to name
+    the first damaged one; TF's message names only a byte offset.
+    """
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    files = list(dict.fromkeys(files))
+    for path in files:
+      try:
+        tf.data.TFRecordDataset(path).reduce(np.int64(0), lambda n, _: n + 1)
+      except (tf.errors.DataLossError, tf.errors.NotFoundError) as e:
+        problem = f"shard {path} is corrupt ({tf_message(e)})"
+        break
+    else:  # not reproduced (a transient read error?): name what was being read
+      problem = (f"reading {len(files)} shard(s) from {files[0] if files else '?'} on "
+                 f"gave {tf_message(error)!r}")
+    return OSError(f"The {self.name} dataset at {self.path} is damaged: {problem}. "
+                   f"{self.fix}".strip())
+
+  def bad_frame_error(self, videos: Sequence[tuple[str, int]], error) -> OSError:
+    """The error for a frame that TF cannot decode, somewhere in `videos`.
+
+    videos: (split, index) of the videos that were being decoded; each frame of
+    them is decoded again to name the first bad one.
+    """
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    parse = self.encoded_video_parser()
+    for split, index in dict.fromkeys((s, int(i)) for s, i in videos):
+      (path, skip, _), = self.chunk_files(split, index, index + 1)
+      (serialized,) = tf.data.TFRecordDataset(path).skip(skip).take(1)
+      for t, frame in enumerate(parse(serialized).numpy()):
+        try:
+          tf.io.decode_image(frame, channels=3, expand_animations=False)
+        except tf.errors.InvalidArgumentError as e:
+          return OSError(
+              f"The {self.name} dataset at {self.path} holds a frame that does not decode: "
+              f"video {self.video_name(split, index)!r} ({split} #{index}) frame {t}, in "
+              f"{path} ({tf_message(e)}). {self.fix}".strip())
+    names = [self.video_name(s, i) for s, i in videos]
+    return OSError(f"The {self.name} dataset at {self.path} holds a frame that does not "
+                   f"decode, in one of the videos {names} ({tf_message(error)}). "
+                   f"{self.fix}".strip())
+
   def read_eval_videos(self, split_spec: str):
     """tf.data of decoded videos with ground truth for evaluation."""
     features = self.builder.info.features
@@ -142,8 +200,22 @@ class VideoSource:
     return self._read(split_spec, wanted)
 
 
+def tf_message(error) -> str:
+  """TF's error message on one line, without its op and function decorations."""
+  text = getattr(error, "message", None) or str(error)
+  text = re.sub(r"\{\{[^}]*\}\}", "", text)
+  text = re.split(r"\s*\[\[|\s*\[Op:", text)[0]
+  return " ".join(text.split())
+
+
+def is_decode_error(error) -> bool:
+  """Whether a tf InvalidArgumentError comes from decoding an image."""
+  return bool(re.search(r"(?i)jpeg|png|gif|bmp|image", tf_message(error)))
+
+
 def _check_records(source: VideoSource, fix: str) -> VideoSource:
   """Fails early, naming the file, when a local dataset has a missing or cut shard."""
+  source.fix = fix
   if "://" in source.path:  # remote (Kubric's bucket): not stat-ed shard by shard
     return source
   for split in source.splits:
@@ -155,21 +227,30 @@ def _check_records(source: VideoSource, fix: str) -> VideoSource:
   return source
 
 
-def open_source(data_config) -> VideoSource:
-  """Opens (and for 'synthetic', builds on first use) the dataset of config.data."""
+def locate(data_config) -> tuple[str, str, str]:
+  """(name, data_dir, dataset directory) of config.data; reads and builds nothing."""
   name = config_value(data_config, "name")
   if name not in NAMES:
     raise ValueError(f"config.data.name must be one of {NAMES}, got {name!r}.")
   data_dir = config_value(data_config, "data_dir") or default_data_dir()
   data_dir = os.path.expanduser(data_dir) if "://" not in data_dir else data_dir
+  if name == "movi_e":
+    return name, data_dir, movi.builder_dir(config_value(data_config, "tfds_name"), data_dir)
+  if name == "synthetic":
+    cfg = synthetic.config_from(config_value(data_config, "synthetic", None))
+    return name, data_dir, synthetic.dataset_path(cfg, data_dir)
+  return name, data_dir, records.dataset_dir(data_dir, name, "1.0.0")
+
+
+def open_source(data_config) -> VideoSource:
+  """Opens (and for 'synthetic', builds on first use) the dataset of config.data."""
+  name, data_dir, path = locate(data_config)
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   if name == "movi_e":
-    tfds_name = config_value(data_config, "tfds_name")
-    builder = movi.open_builder(tfds_name, data_dir)
-    return _check_records(
-        VideoSource(name, builder, movi.builder_dir(tfds_name, data_dir)),
-        f"Copy it again from {movi.KUBRIC_DATA_DIR}.")
+    builder = movi.open_builder(config_value(data_config, "tfds_name"), data_dir)
+    return _check_records(VideoSource(name, builder, path),
+                          f"Copy it again from {movi.KUBRIC_DATA_DIR}.")
 
   if name == "synthetic":
     cfg = synthetic.config_from(config_value(data_config, "synthetic", None))
@@ -177,14 +258,13 @@ def open_source(data_config) -> VideoSource:
     return _check_records(VideoSource(name, tfds.builder_from_directory(path), path),
                           f"Delete {path}; it is rebuilt on the next run.")
 
-  path = records.dataset_dir(data_dir, name, "1.0.0")
   if records.read_index(path) is None:
     state = ("is incomplete (interrupted conversion?)" if os.path.exists(path)
              else "does not exist")
     raise FileNotFoundError(
-        f"{name} records not found: {path} {state}. Create them with\n"
-        f"  python {_CONVERTER[name]} --root /path/to/raw/{name} --out {data_dir}\n"
-        "or point config.data.data_dir at the directory given to --out.")
+        f"{name} records not found: {path} {state}. Create them with `python "
+        f"{_CONVERTER[name]} --root /path/to/raw/{name} --out {data_dir}`, or point "
+        "config.data.data_dir at the directory given to --out.")
   return _check_records(
       VideoSource(name, tfds.builder_from_directory(path), path, first_frame_objects=True),
       f"Convert it again: python {_CONVERTER[name]} --root /path/to/raw/{name} --out "

@@ -302,6 +302,22 @@ def _example(cfg, split, index):
   }
 
 
+def dataset_path(cfg: SyntheticConfig, data_dir: str) -> str:
+  """data_dir/synthetic/<tag>/1.0.0: where `build` writes the dataset of `cfg`."""
+  from solv_jax.data import records  # pylint: disable=g-import-not-at-top
+  return records.dataset_dir(data_dir, "synthetic", "1.0.0", cfg.tag())
+
+
+def _fingerprint(cfg: SyntheticConfig) -> dict:
+  return dataclasses.asdict(cfg) | {"format": FORMAT_VERSION}
+
+
+def is_built(cfg: SyntheticConfig, data_dir: str) -> bool:
+  """Whether `build(cfg, data_dir)` would find a complete dataset (and write nothing)."""
+  from solv_jax.data import records  # pylint: disable=g-import-not-at-top
+  return records.is_complete(dataset_path(cfg, data_dir), _fingerprint(cfg))
+
+
 def build(cfg: SyntheticConfig, data_dir: str, overwrite: bool = False) -> str:
   """Builds (once) the dataset for `cfg` under data_dir/synthetic/<tag>/1.0.0."""
   from solv_jax.data import records
@@ -323,6 +339,6 @@ def build(cfg: SyntheticConfig, data_dir: str, overwrite: bool = False) -> str:
     return records.write_dataset(
         name="synthetic", config=cfg.tag(), data_dir=data_dir,
         features=features, splits=splits, overwrite=overwrite,
-        fingerprint=dataclasses.asdict(cfg) | {"format": FORMAT_VERSION},
+        fingerprint=_fingerprint(cfg),
         description="solv_jax procedural multi-object videos: "
         + json.dumps(dataclasses.asdict(cfg)))

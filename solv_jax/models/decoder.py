@@ -9,6 +9,8 @@ slot; the masks are a softmax of alpha over the valid slots (exactly 0 on invali
 
 With dtype bfloat16 (config.model.compute_dtype) h and the mapper's Dense layers compute in
 bfloat16; the grid algebra, the mask softmax and the reconstruction stay float32.
+param_init 'torch' (default) starts h and the mapper as torch.nn.Linear does, 'flax' with
+Flax's defaults; the position embedding is N(0, 0.02) in both (SPEC §6).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from solv_jax.models.spatial_binding import relative_grid, slot_pos_scale
+from solv_jax.models.spatial_binding import dense, relative_grid, slot_pos_scale
 
 
 class Decoder(nn.Module):
@@ -30,6 +32,7 @@ class Decoder(nn.Module):
   clamp_scales: bool = False
   relative_grid: bool = True  # False for the vanilla slot attention ablation (no grids)
   dtype: Any = None  # compute dtype of h and the mapper (None = float32)
+  param_init: str = "torch"  # torch | flax
 
   @nn.compact
   def __call__(self, slots, attn=None, valid=None, keep_idx=None, grid_abs=None):
@@ -59,13 +62,17 @@ class Decoder(nn.Module):
       self.sow("intermediates", "slot_scale", slot_scale)
       g_rel = relative_grid(grid_abs, slot_pos, slot_scale, self.delta,
                             self.clamp_scales)  # eq. (14) over all N: (B, K, N, 2)
-      x = x + nn.Dense(d_slot, dtype=self.dtype, name="grid_proj")(g_rel)  # h(G_rel)
+      x = x + dense(d_slot, 2, self.param_init, dtype=self.dtype,
+                    name="grid_proj")(g_rel)  # h(G_rel)
 
     # psi_mapper: D_slot -> hidden x (num_layers - 1) -> D + 1, ReLU between.
+    fan_in = d_slot
     for i in range(self.num_layers - 1):
-      x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name=f"mlp_{i}")(x))
-    x = nn.Dense(self.feature_dim + 1, dtype=self.dtype,
-                 name=f"mlp_{self.num_layers - 1}")(x)  # (B, K, N, D+1)
+      x = nn.relu(dense(self.hidden, fan_in, self.param_init, dtype=self.dtype,
+                        name=f"mlp_{i}")(x))
+      fan_in = self.hidden
+    x = dense(self.feature_dim + 1, fan_in, self.param_init, dtype=self.dtype,
+              name=f"mlp_{self.num_layers - 1}")(x)  # (B, K, N, D+1)
     x = x.astype(jnp.float32)
     features, alpha = x[..., :-1], x[..., -1]  # (B, K, N, D), (B, K, N)
 

@@ -56,6 +56,7 @@ class SOLV(nn.Module):
   temporal_layers: int = 3
   temporal_heads: int = 8
   dropout: float = 0.1
+  param_init: str = "torch"  # torch (the authors' PyTorch initialisation) | flax
 
   @classmethod
   def from_config(cls, model_config, resolution, num_frames: int = 5, **overrides) -> "SOLV":
@@ -64,14 +65,15 @@ class SOLV(nn.Module):
     kwargs = dict(
         resolution=tuple(int(r) for r in resolution), num_frames=int(num_frames),
         encoder_variant=c.encoder, encoder_dtype=c.encoder_dtype,
-        compute_dtype=c.get("compute_dtype", "float32"),
-        encoder_blocks=int(c.get("encoder_blocks", 0)), num_slots=c.num_slots,
+        compute_dtype=c.compute_dtype, encoder_blocks=int(c.encoder_blocks),
+        num_slots=c.num_slots,
         slot_dim=c.slot_dim, slot_iters=c.slot_iters, token_drop=c.token_drop,
         spatial_binding_type=c.spatial_binding, use_temporal_binding=bool(c.temporal_binding),
         use_merge=bool(c.merge), merge_threshold=c.merge_threshold,
         merge_backend=c.merge_backend, clamp_scales=bool(c.clamp_scales), delta=c.delta,
         decoder_hidden=c.decoder_hidden, decoder_layers=c.decoder_layers,
-        temporal_layers=c.temporal_layers, temporal_heads=c.temporal_heads, dropout=c.dropout)
+        temporal_layers=c.temporal_layers, temporal_heads=c.temporal_heads, dropout=c.dropout,
+        param_init=c.param_init)
     kwargs.update(overrides)
     return cls(**kwargs)
 
@@ -100,16 +102,17 @@ class SOLV(nn.Module):
         self.spatial_binding_type, num_slots=self.num_slots, grid_hw=(gh, gw),
         slot_dim=self.slot_dim, iters=self.slot_iters, delta=self.delta,
         clamp_scales=self.clamp_scales, dropout=self.dropout,
-        dtype=jnp.dtype(self.compute_dtype))
+        dtype=jnp.dtype(self.compute_dtype), param_init=self.param_init)
     if self.use_temporal_binding:
       self.temporal_binding = TemporalBinding(self.num_frames, self.temporal_layers,
-                                              self.temporal_heads, 4, self.dropout)
+                                              self.temporal_heads, 4, self.dropout,
+                                              self.param_init)
     self.decoder = Decoder(gh * gw, hidden=self.decoder_hidden,
                            num_layers=self.decoder_layers, delta=self.delta,
                            clamp_scales=self.clamp_scales,
                            relative_grid=self.spatial_binding_type == "invariant",
                            feature_dim=variant_config(self.encoder_variant)["embed_dim"],
-                           dtype=jnp.dtype(self.compute_dtype))
+                           dtype=jnp.dtype(self.compute_dtype), param_init=self.param_init)
 
   # --------------------------------------------------------------------------------------------
   # Phi_vis-enc
@@ -208,8 +211,3 @@ class SOLV(nn.Module):
     out["loss"] = jnp.mean(jnp.square(out["recon"] - target))
     return out
 
-
-def build_model(config) -> SOLV:
-  """SOLV from the full config: config.model plus config.data.resolution and num_context."""
-  return SOLV.from_config(config.model, resolution=config.data.resolution,
-                          num_frames=2 * config.data.num_context + 1)

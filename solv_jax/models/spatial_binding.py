@@ -9,6 +9,10 @@ the ablations of paper Table 3 (models A-C).
 Both take the kept tokens of one frame, (B, N', D), with their patch indices keep_idx (B, N')
 (row-major over the (h, w) patch grid), and return the slots (B, K, D_slot) and the attention
 W of the last pass (B, K, N'), normalised over tokens.
+
+`param_init` chooses how the layers start (SPEC §6): 'torch' (default) as the authors'
+PyTorch modules initialise themselves, 'flax' with Flax's defaults. `dense` and `uniform` here
+are shared with the temporal binding and the decoder.
 """
 from __future__ import annotations
 
@@ -22,6 +26,35 @@ import jax.numpy as jnp
 EPSILON = 1e-8
 LN_EPS = 1e-5  # torch.nn.LayerNorm's default, as in the authors' release
 MIN_SCALE, MAX_SCALE = 0.001, 2.0  # Biza et al.'s ISA clip range (config `clamp_scales`)
+PARAM_INITS = ("torch", "flax")  # config.model.param_init
+
+
+# ----------------------------------------------------------------------------------------------
+# Initialisation (SPEC §6): torch's defaults, the authors' starting point, or Flax's.
+# ----------------------------------------------------------------------------------------------
+def check_param_init(param_init: str) -> None:
+  if param_init not in PARAM_INITS:
+    raise ValueError(f"config.model.param_init must be one of {PARAM_INITS} ('torch': the "
+                     f"authors' PyTorch initialisation; 'flax': Flax's defaults), got "
+                     f"{param_init!r}.")
+
+
+def uniform(bound: float):
+  """U(-bound, bound), whatever the shape."""
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+def dense(features: int, fan_in: int, param_init: str = "torch", **kwargs) -> nn.Dense:
+  """nn.Dense(features) on inputs of width fan_in. 'torch': as torch.nn.Linear(fan_in,
+  features) starts, kernel and bias both U(-1/sqrt(fan_in), 1/sqrt(fan_in)); 'flax': Flax's
+  lecun-normal kernel and zero bias."""
+  check_param_init(param_init)
+  if param_init == "torch":
+    kwargs = dict(kernel_init=uniform(1.0 / math.sqrt(fan_in)),
+                  bias_init=uniform(1.0 / math.sqrt(fan_in)), **kwargs)
+  return nn.Dense(features, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -93,14 +126,23 @@ class GRUCell(nn.Module):
   biases); the authors' torch cell has them, which is part of their 5,799,521-parameter count.
     r = sigmoid(W_ir x + b_ir + W_hr h + b_hr);  z = sigmoid(W_iz x + b_iz + W_hz h + b_hz)
     n = tanh(W_in x + b_in + r * (W_hn h + b_hn));  h' = (1 - z) * n + z * h
+  param_init 'torch': every weight and bias U(-1/sqrt(D), 1/sqrt(D)), as torch.nn.GRUCell(D_in, D)
+  starts; 'flax': lecun-normal input and orthogonal hidden kernels, zero biases.
   """
   features: int
+  param_init: str = "torch"
 
   @nn.compact
   def __call__(self, carry, inputs):  # (..., D), (..., D_in) -> (..., D)
-    dense_i = lambda name: nn.Dense(self.features, name=name)
-    dense_h = lambda name: nn.Dense(self.features, name=name,
-                                    kernel_init=nn.initializers.orthogonal())
+    check_param_init(self.param_init)
+    if self.param_init == "torch":
+      u = uniform(1.0 / math.sqrt(self.features))  # torch: bound from the hidden size
+      dense_i = dense_h = lambda name: nn.Dense(self.features, kernel_init=u, bias_init=u,
+                                                name=name)
+    else:
+      dense_i = lambda name: nn.Dense(self.features, name=name)
+      dense_h = lambda name: nn.Dense(self.features, name=name,
+                                      kernel_init=nn.initializers.orthogonal())
     h = carry
     r = nn.sigmoid(dense_i("ir")(inputs) + dense_h("hr")(h))
     z = nn.sigmoid(dense_i("iz")(inputs) + dense_h("hz")(h))
@@ -109,16 +151,19 @@ class GRUCell(nn.Module):
 
 
 class ResidualMLP(nn.Module):
-  """z + MLP(LayerNorm(z)), hidden 4 * D_slot, ReLU, dropout after the hidden layer (eq. 17)."""
+  """z + Dropout(MLP(LayerNorm(z))), hidden 4 * D_slot, ReLU (eq. 17). The dropout is on the
+  MLP's output, before the residual add, as in the authors' models/model.py."""
   hidden: int
   dropout: float = 0.1
+  param_init: str = "torch"
 
   @nn.compact
   def __call__(self, z, *, train: bool):
+    d = z.shape[-1]
     y = nn.LayerNorm(epsilon=LN_EPS, name="norm")(z)
-    y = nn.relu(nn.Dense(self.hidden, name="fc1")(y))
-    y = nn.Dropout(self.dropout, deterministic=not train)(y)
-    return z + nn.Dense(z.shape[-1], name="fc2")(y)
+    y = nn.relu(dense(self.hidden, d, self.param_init, name="fc1")(y))
+    y = dense(d, self.hidden, self.param_init, name="fc2")(y)
+    return z + nn.Dropout(self.dropout, deterministic=not train)(y)
 
 
 class InputProjection(nn.Module):
@@ -128,13 +173,14 @@ class InputProjection(nn.Module):
   """
   slot_dim: int
   dtype: Any = None
+  param_init: str = "torch"
 
   @nn.compact
   def __call__(self, x):  # (B, N', D) -> (B, N', D_slot)
     d = x.shape[-1]
     x = nn.LayerNorm(epsilon=LN_EPS, name="norm_in")(x)
-    x = nn.relu(nn.Dense(d, dtype=self.dtype, name="fc1")(x))
-    x = nn.Dense(self.slot_dim, dtype=self.dtype, name="fc2")(x)
+    x = nn.relu(dense(d, d, self.param_init, dtype=self.dtype, name="fc1")(x))
+    x = dense(self.slot_dim, d, self.param_init, dtype=self.dtype, name="fc2")(x)
     return nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32, name="norm_out")(x)
 
 
@@ -147,6 +193,8 @@ class InvariantSlotAttention(nn.Module):
   dtype (None = float32): compute dtype of the per-token layers (input projection, k, v, g,
   f) and of the two attention products, which accumulate in float32. The slots, their GRU
   and MLP, the softmax, W and the grid algebra stay float32.
+  param_init: 'torch' (the authors') or 'flax' (module docstring). The slots (xavier-uniform on
+  the authors' (1, K, D_slot) tensor), S_p, S_s (N(0, 0.02)) and G_abs start the same in both.
   """
   num_slots: int
   grid_hw: tuple[int, int]  # (h, w) patch grid of a full frame, N = h * w
@@ -157,9 +205,11 @@ class InvariantSlotAttention(nn.Module):
   dropout: float = 0.1
   epsilon: float = EPSILON
   dtype: Any = None
+  param_init: str = "torch"
 
   def setup(self):
     k, d = self.num_slots, self.slot_dim
+    init = self.param_init
     n = self.grid_hw[0] * self.grid_hw[1]
     # Eq. (5): the shared, learned initial state of every frame.
     self.slots = self.param("slots", slots_init, (k, d))  # z: (K, D_slot)
@@ -167,17 +217,17 @@ class InvariantSlotAttention(nn.Module):
     self.slot_scale = self.param("slot_scale", nn.initializers.normal(0.02), (k, 2))  # S_s
     self.grid_abs = self.param(  # G_abs: (N, 2), learned
         "grid_abs", lambda key, shape: grid_abs_init(self.grid_hw).reshape(shape), (n, 2))
-    self.project_inputs = InputProjection(d, self.dtype)
+    self.project_inputs = InputProjection(d, self.dtype, init)
     self.norm_slots = nn.LayerNorm(epsilon=LN_EPS)
-    self.to_q = nn.Dense(d, use_bias=False)  # q
-    self.to_k = nn.Dense(d, use_bias=False, dtype=self.dtype)  # k
-    self.to_v = nn.Dense(d, use_bias=False, dtype=self.dtype)  # v
-    self.grid_proj = nn.Dense(d, dtype=self.dtype)  # g: 2 -> D_slot
+    self.to_q = dense(d, d, init, use_bias=False)  # q
+    self.to_k = dense(d, d, init, use_bias=False, dtype=self.dtype)  # k
+    self.to_v = dense(d, d, init, use_bias=False, dtype=self.dtype)  # v
+    self.grid_proj = dense(d, 2, init, dtype=self.dtype)  # g: 2 -> D_slot
     # f (p in eq. 13), shared by keys and values
-    self.kv_mlp = [nn.Dense(d, dtype=self.dtype), nn.Dense(d, dtype=self.dtype)]
-    self.gru = GRUCell(d)
-    self.mlp = ResidualMLP(4 * d, self.dropout)
-    self.to_out = nn.Dense(d)
+    self.kv_mlp = [dense(d, d, init, dtype=self.dtype), dense(d, d, init, dtype=self.dtype)]
+    self.gru = GRUCell(d, init)
+    self.mlp = ResidualMLP(4 * d, self.dropout, init)
+    self.to_out = dense(d, d, init)
 
   def _f(self, x):
     return self.kv_mlp[1](nn.relu(self.kv_mlp[0](x)))
@@ -230,6 +280,7 @@ class SlotAttention(nn.Module):
   dropout: float = 0.1
   epsilon: float = EPSILON
   dtype: Any = None  # as in InvariantSlotAttention: input projection, k, v, the products
+  param_init: str = "torch"
 
   @nn.compact
   def __call__(self, inputs, keep_idx=None, *, train: bool = False):
@@ -237,12 +288,15 @@ class SlotAttention(nn.Module):
     del keep_idx
     b = inputs.shape[0]
     k, d = self.num_slots, self.slot_dim
-    x = InputProjection(d, self.dtype, name="project_inputs")(inputs)  # (B, N', D_slot)
-    keys = nn.Dense(d, use_bias=False, dtype=self.dtype, name="to_k")(x)  # (B, N', D_slot)
-    values = nn.Dense(d, use_bias=False, dtype=self.dtype, name="to_v")(x)  # (B, N', D_slot)
+    init = self.param_init
+    x = InputProjection(d, self.dtype, init, name="project_inputs")(inputs)  # (B, N', D_slot)
+    keys = dense(d, d, init, use_bias=False, dtype=self.dtype, name="to_k")(x)  # (B, N', D_slot)
+    values = dense(d, d, init, use_bias=False, dtype=self.dtype,
+                   name="to_v")(x)  # (B, N', D_slot)
     norm_slots = nn.LayerNorm(epsilon=LN_EPS, name="norm_slots")
-    to_q = nn.Dense(d, use_bias=False, name="to_q")
-    gru, mlp = GRUCell(d, name="gru"), ResidualMLP(4 * d, self.dropout, name="mlp")
+    to_q = dense(d, d, init, use_bias=False, name="to_q")
+    gru = GRUCell(d, init, name="gru")
+    mlp = ResidualMLP(4 * d, self.dropout, init, name="mlp")
 
     z = jnp.broadcast_to(self.param("slots", slots_init, (k, d)), (b, k, d))  # (B, K, D_slot)
     for t in range(self.iters + 1):
@@ -254,17 +308,21 @@ class SlotAttention(nn.Module):
       updates = dot("bkn,bnd->bkd", attn, values, self.dtype)  # (B, K, D_slot)
       if t < self.iters:
         z = mlp(gru(z_prev, updates), train=train)
-    return nn.Dense(d, name="to_out")(z), attn
+    return dense(d, d, init, name="to_out")(z), attn
 
 
 def build_spatial_binding(kind: str, *, num_slots: int, grid_hw: tuple[int, int],
                           slot_dim: int = 128, iters: int = 3, delta: float = 5.0,
                           clamp_scales: bool = False, dropout: float = 0.1,
-                          dtype: Any = None, name: str | None = None) -> nn.Module:
+                          dtype: Any = None, param_init: str = "torch",
+                          name: str | None = None) -> nn.Module:
   """'invariant' (SOLV, ISA) or 'vanilla' (Locatello et al.) spatial binding."""
+  check_param_init(param_init)
   if kind == "invariant":
     return InvariantSlotAttention(num_slots, tuple(grid_hw), slot_dim, iters, delta,
-                                  clamp_scales, dropout, dtype=dtype, name=name)
+                                  clamp_scales, dropout, dtype=dtype, param_init=param_init,
+                                  name=name)
   if kind == "vanilla":
-    return SlotAttention(num_slots, slot_dim, iters, dropout, dtype=dtype, name=name)
+    return SlotAttention(num_slots, slot_dim, iters, dropout, dtype=dtype,
+                         param_init=param_init, name=name)
   raise ValueError(f"config.model.spatial_binding must be 'invariant' or 'vanilla', got {kind!r}.")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import runpy
 import sys
 
@@ -277,3 +278,97 @@ def test_davis_rgba_palette_and_black_frames_and_layout_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"val.txt lists ghost but .*480p/ghost does not "
                      r"exist"):
     convert.convert_davis(raw, str(tmp_path / "o3"), splits=["val"], workers=1)
+
+
+# -- damaged raw files ------------------------------------------------------------
+
+
+def _truncate(path, keep=0.5):
+  data = open(path, "rb").read()
+  with open(path, "wb") as f:
+    f.write(data[:int(len(data) * keep)])
+
+
+def _run_tool(tool, argv):
+  """tools/<tool> run in this process; returns its exit code or message."""
+  old_argv = sys.argv
+  try:
+    sys.argv = [tool] + argv
+    runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "..", "tools", tool),
+                   run_name="__main__")
+  except SystemExit as e:
+    return e.code
+  finally:
+    sys.argv = old_argv
+  return 0
+
+
+def _leftovers(out, name):
+  """What a conversion left under out/name (final or TFDS 'incomplete.*' folders)."""
+  top = os.path.join(out, name)
+  return sorted(os.listdir(top)) if os.path.isdir(top) else []
+
+
+def test_ytvis_damaged_frames_are_named_and_nothing_is_left(tmp_path, data_config):
+  raw, out = str(tmp_path / "raw"), str(tmp_path / "out")
+  make_ytvis(raw, {"train": [("good", 3, (32, 48), 1), ("bad", 4, (32, 48), 2)]})
+  frame = os.path.join(raw, "train", "JPEGImages", "bad", "00010.jpg")
+  with Image.open(frame) as img:  # the header is intact: only a full decode notices
+    assert img.size == (48, 32)
+  _truncate(frame)
+  with pytest.raises(convert.DamagedFileError,
+                     match=r"^YTVIS train/bad: frame 2 .*bad/00010\.jpg \(\d+ bytes\) cannot be "
+                     r"decoded: .*(?i:truncated).*restore it"):
+    convert.convert_ytvis(raw, out, splits=["train"], workers=2)
+  assert _leftovers(out, "ytvis19") == []
+  with pytest.raises(FileNotFoundError, match="ytvis19 records not found"):
+    pipeline.check_data(data_config(name="ytvis19", data_dir=out))
+
+  # The command line: exit status 1 and one line naming the video and the file.
+  message = _run_tool("convert_ytvis.py", ["--root", raw, "--out", out, "--splits", "train",
+                                           "--workers", "1"])
+  assert isinstance(message, str) and "\n" not in message, message
+  assert re.match(r"convert_ytvis.py: error: YTVIS train/bad: frame 2 \S*bad/00010\.jpg .*"
+                  r"(?i:truncated).* holds no partial dataset\.$", message), message
+  assert _leftovers(out, "ytvis19") == []
+
+  # An empty file in place of frame 0 (the frame the border box is read from).
+  with open(os.path.join(raw, "train", "JPEGImages", "good", "00000.jpg"), "wb"):
+    pass
+  with pytest.raises(convert.DamagedFileError,
+                     match=r"YTVIS train/good: frame 0 \S*good/00000\.jpg \(0 bytes\) cannot"):
+    convert.convert_ytvis(raw, out, splits=["train"], workers=1)
+
+
+def test_failed_rebuild_keeps_the_complete_dataset(tmp_path):
+  raw, out = str(tmp_path / "raw"), str(tmp_path / "out")
+  make_ytvis(raw, {"train": [("v", 3, (32, 32), 1), ("w", 2, (32, 32), 1)]})
+  path = convert.convert_ytvis(raw, out, splits=["train"], workers=1)
+  before = _read(path, "train")
+  _truncate(os.path.join(raw, "train", "JPEGImages", "w", "00005.jpg"), keep=0.8)
+  with pytest.raises(convert.DamagedFileError, match=r"train/w: frame 1 "):
+    convert.convert_ytvis(raw, out, splits=["train"], workers=1, overwrite=True)
+  assert _leftovers(out, "ytvis19") == ["1.0.0"]  # no partial or set-aside copy
+  after = _read(path, "train")
+  assert records.read_index(path) is not None and len(after) == len(before) == 2
+  np.testing.assert_array_equal(after[1]["video"], before[1]["video"])
+
+
+def test_davis_damaged_annotation_and_frame(tmp_path):
+  raw, out = str(tmp_path / "raw"), str(tmp_path / "out")
+  make_davis(raw, {"train": [("v", 3, (24, 32), 1)], "val": [("w", 3, (24, 32), 2)]})
+  ann = os.path.join(raw, "Annotations", "480p", "w", "00001.png")
+  _truncate(ann)
+  with pytest.raises(convert.DamagedFileError,
+                     match=r"^DAVIS val/w: annotation of frame 1 \S*480p/w/00001\.png "
+                     r"\(\d+ bytes\) cannot be decoded"):
+    convert.convert_davis(raw, out, workers=1)
+  assert _leftovers(out, "davis17") == []
+
+  make_davis(raw, {"train": [("v", 3, (24, 32), 1)], "val": [("w", 3, (24, 32), 2)]})
+  _truncate(os.path.join(raw, "JPEGImages", "480p", "v", "00002.jpg"), keep=0.7)
+  message = _run_tool("convert_davis.py", ["--root", raw, "--out", out, "--workers", "1"])
+  assert isinstance(message, str) and "\n" not in message, message
+  assert re.match(r"convert_davis.py: error: DAVIS train/v: frame 2 \S*480p/v/00002\.jpg .*"
+                  r"cannot be decoded", message), message
+  assert _leftovers(out, "davis17") == []

@@ -1,6 +1,7 @@
 """Training clips and evaluation videos (solv_jax/data/pipeline.py)."""
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -256,3 +257,154 @@ def test_empty_data_dir_says_how_to_convert(data_config, tmp_path):
   (empty / "davis17" / "1.0.0" / "dataset_info.json").write_text("{}")
   with pytest.raises(FileNotFoundError, match=r"is incomplete \(interrupted conversion\?\)"):
     next(pipeline.eval_videos(data_config(name="davis17", data_dir=str(empty))))
+
+
+# -- corrupt records and frames are named -------------------------------------------
+
+
+def _copy_synthetic(synthetic_dir, data_dir):
+  import glob
+  import shutil
+  (built,) = glob.glob(os.path.join(synthetic_dir, "synthetic", "*", "1.0.0"))
+  copy = os.path.join(data_dir, os.path.relpath(built, synthetic_dir))
+  shutil.copytree(built, copy)
+  return copy
+
+
+def _flip_inside_record(shard, record, nbytes=8):
+  """Flips bytes in the data of record `record` (size unchanged, so only the CRC notices)."""
+  data = bytearray(open(shard, "rb").read())
+  pos = 0
+  for _ in range(record):  # TFRecord framing: uint64 length, 4-byte CRC, data, 4-byte CRC
+    pos += 12 + int.from_bytes(data[pos:pos + 8], "little") + 4
+  length = int.from_bytes(data[pos:pos + 8], "little")
+  start = pos + 12 + length // 2
+  data[start:start + nbytes] = bytes(b ^ 0xFF for b in data[start:start + nbytes])
+  open(shard, "wb").write(bytes(data))
+
+
+def test_bit_flipped_record_names_the_shard(synthetic_dir, data_config, tmp_path):
+  import glob
+  data_dir = str(tmp_path / "data")
+  copy = _copy_synthetic(synthetic_dir, data_dir)
+  (train,) = glob.glob(os.path.join(copy, "*-train.tfrecord-*"))
+  (val,) = glob.glob(os.path.join(copy, "*-validation.tfrecord-*"))
+  _flip_inside_record(train, 3)
+  _flip_inside_record(val, 1)
+  cfg = data_config(data_dir=data_dir, synthetic=TINY_SYNTHETIC)
+
+  it = pipeline.make_train_iterator(cfg, 2, 0, 1, seed=0)  # the sizes still add up
+  with pytest.raises(OSError) as info:
+    for _ in range(40):  # > 1 epoch of 36 clips / 2
+      next(it)
+  message = str(info.value)
+  assert "\n" not in message
+  assert re.fullmatch(rf"The synthetic dataset at {re.escape(copy)} is damaged: shard "
+                      rf"{re.escape(train)} is corrupt \(corrupted record at \d+\)\. "
+                      rf"Delete {re.escape(copy)}; it is rebuilt on the next run\.",
+                      message), message
+  it.close()
+
+  with pytest.raises(OSError, match=rf"damaged: shard {re.escape(val)} is corrupt "
+                     r"\(corrupted record at \d+\)\. Delete"):
+    list(pipeline.eval_videos(cfg))
+
+
+def _jpeg_video(rng, t, h, w):
+  from tests.data.raw_fixtures import smooth_frame
+  return [convert.records.encode_jpeg(smooth_frame(rng, h, w)) for _ in range(t)]
+
+
+def test_undecodable_frame_names_the_video_and_frame(data_config, tmp_path):
+  """Records converted before frames were checked: TF's decoder fails, the error names where."""
+  from solv_jax.data import records
+  rng = np.random.default_rng(0)
+  h, w = 24, 32
+  good, bad = _jpeg_video(rng, 4, h, w), _jpeg_video(rng, 4, h, w)
+  bad[2] = bad[2][:len(bad[2]) // 2]  # truncated, as copied byte for byte by the old converter
+
+  def example(name, video):
+    blank = records.encode_png(np.zeros((h, w), np.uint8))
+    return {"video": video, "segmentations": [blank] * len(video),
+            "metadata": {"video_name": name, "num_frames": len(video), "height": h,
+                         "width": w, "num_instances": 0, "crop": np.zeros(4, np.int32)},
+            "has_annotations": True}
+
+  data_dir = str(tmp_path / "data")
+  examples = [example("fine", good), example("broken", bad)]
+  records.write_dataset(
+      name="davis17", data_dir=data_dir, features=records.video_features(),
+      splits={"train": (2, lambda: iter(examples)), "val": (2, lambda: iter(examples))},
+      fingerprint={"test": 1})
+  cfg = data_config(name="davis17", data_dir=data_dir, num_context=1)
+  where = (rf"The davis17 dataset at {re.escape(data_dir)}/davis17/1.0.0 holds a frame that "
+           r"does not decode: video 'broken' \((train|val) #1\) frame 2, in \S+davis17-\w+"
+           r"\.tfrecord-\d+-of-\d+ \(.*\)\. Convert it again: python tools/convert_davis.py")
+  it = pipeline.make_train_iterator(cfg, 2, 0, 1, seed=0)
+  seen = 0
+  with pytest.raises(OSError, match=where.replace("(train|val)", "train")) as info:
+    for _ in range(8):  # one epoch: 8 clips / 2
+      next(it)
+      seen += 1
+  assert "\n" not in str(info.value)
+  assert seen < 4 and it.step == seen  # the failing step is not counted
+  it.close()
+
+  videos = pipeline.eval_videos(cfg)
+  assert next(videos)["video_name"] == "fine"
+  with pytest.raises(OSError, match=where.replace("(train|val)", "val")):
+    next(videos)
+
+
+# -- check_data: a missing dataset fails first, in one line -------------------------
+
+
+def test_check_data_fails_fast_in_one_line(synthetic_dir, data_config, tmp_path, monkeypatch):
+  missing = str(tmp_path / "no_such_dir")
+  for name, tool in (("ytvis19", "convert_ytvis"), ("davis17", "convert_davis")):
+    with pytest.raises(FileNotFoundError) as info:
+      pipeline.check_data(data_config(name=name, data_dir=missing))
+    message = str(info.value)
+    assert "\n" not in message
+    assert re.fullmatch(rf"{name} records not found: {missing}/{name}/1.0.0 does not exist\. "
+                        rf"Create them with `python tools/{tool}.py --root /path/to/raw/{name} "
+                        rf"--out {missing}`, or point config.data.data_dir at the directory "
+                        r"given to --out\.", message), message
+  with pytest.raises(FileNotFoundError, match=r"^MOVi-E not found at .*no_such_dir/movi_e/"):
+    pipeline.check_data(data_config(name="movi_e", data_dir=missing))
+  assert not os.path.exists(missing)
+
+  # The embedded dataset is built on first use, not by the check.
+  def no_build(*args, **kwargs):
+    raise AssertionError("check_data must not build the synthetic dataset")
+  monkeypatch.setattr(synthetic, "build", no_build)
+  fresh = str(tmp_path / "fresh")
+  summary = pipeline.check_data(data_config(data_dir=fresh, synthetic=TINY_SYNTHETIC))
+  assert summary.startswith("synthetic data not built yet: it is built at "
+                            f"{fresh}/synthetic/") and summary.endswith("on first use.")
+  assert not os.path.exists(fresh)
+  with pytest.raises(ValueError, match=r"no split 'nope'"):
+    pipeline.check_data(data_config(data_dir=fresh, synthetic=TINY_SYNTHETIC,
+                                    eval_split="nope"))
+  # A copy written with another fingerprint (an older format) would be rebuilt: not built.
+  import json
+  stale = str(tmp_path / "stale")
+  index_path = os.path.join(_copy_synthetic(synthetic_dir, stale), "solv_index.json")
+  index = json.load(open(index_path))
+  del index["fingerprint"]["shading"]  # as written before the shading option existed
+  json.dump(index, open(index_path, "w"))
+  assert pipeline.check_data(data_config(data_dir=stale, synthetic=TINY_SYNTHETIC)).startswith(
+      "synthetic data not built yet")
+  monkeypatch.undo()
+
+  # Built: a summary of what will be read; a bad split is named.
+  cfg = data_config(data_dir=synthetic_dir, synthetic=TINY_SYNTHETIC)
+  assert re.fullmatch(r"synthetic at \S+/1\.0\.0: train train \(6 videos\), "
+                      r"eval validation \(3 videos\)", pipeline.check_data(cfg))
+  assert pipeline.check_data(cfg, "eval").endswith(": eval validation (3 videos)")
+  cfg.train_split = "train+nope"
+  with pytest.raises(ValueError, match=r"has no split 'nope'"):
+    pipeline.check_data(cfg, "train")
+  assert "eval validation" in pipeline.check_data(cfg, "eval")  # train splits not needed
+  with pytest.raises(ValueError, match="mode must be"):
+    pipeline.check_data(cfg, "trian")

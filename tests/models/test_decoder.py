@@ -137,3 +137,29 @@ def test_vanilla_variant_has_no_relative_grid_and_param_counts():
   assert count({k: v for k, v in shapes.items() if k.startswith("mlp_")}) == mapper
   assert count(shapes["pos_embed"]) == 864 * 128
   assert count(shapes["grid_proj"]) == dense(2, 128)
+
+
+def test_torch_init_matches_torch_linear_and_normal():
+  from tests.models.torch_init import assert_like_torch
+  import torch
+  n = 48  # the mapper's sizes are the authors'; only the position embedding depends on N
+  dec = Decoder(n)  # feature_dim 768, hidden 1024, 5 layers, param_init 'torch'
+  attn = jnp.full((1, 8, n), 1.0 / n)
+  params = jax.jit(dec.init)(jax.random.key(0), jnp.zeros((1, 8, 128)), attn,
+                             jnp.ones((1, 8), bool), jnp.arange(n)[None],
+                             grid_abs_init((6, 8)))["params"]
+  torch.manual_seed(0)
+  # The authors' s_bind.h (2 -> D_slot) and dec.layer1..layer5.
+  sizes = {"grid_proj": (2, 128), "mlp_0": (128, 1024), "mlp_1": (1024, 1024),
+           "mlp_2": (1024, 1024), "mlp_3": (1024, 1024), "mlp_4": (1024, 769)}
+  for name, (d_in, d_out) in sizes.items():
+    ref = torch.nn.Linear(d_in, d_out)
+    assert_like_torch(params[name]["kernel"], ref.weight, f"{name} kernel")
+    assert_like_torch(params[name]["bias"], ref.bias, f"{name} bias")
+  pos = torch.empty(1, n, 128)  # the authors' pos_dec: init.normal_(std=.02)
+  torch.nn.init.normal_(pos, std=0.02)
+  assert_like_torch(params["pos_embed"], pos, "pos_embed", uniform=False)
+  flax_params = jax.jit(Decoder(n, param_init="flax").init)(
+      jax.random.key(0), jnp.zeros((1, 8, 128)), attn, jnp.ones((1, 8), bool),
+      jnp.arange(n)[None], grid_abs_init((6, 8)))["params"]
+  np.testing.assert_array_equal(flax_params["mlp_0"]["bias"], 0.0)  # Flax's defaults kept

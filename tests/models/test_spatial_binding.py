@@ -250,3 +250,81 @@ def test_vanilla_slot_attention_matches_numpy():
 def test_build_spatial_binding_rejects_unknown_kind():
   with pytest.raises(ValueError, match="invariant"):
     sb.build_spatial_binding("isa", num_slots=2, grid_hw=(2, 2))
+
+
+# ----------------------------------------------------------------------------------------------
+# Initialisation (SPEC §6) against torch's own initialisers, at the authors' sizes
+# ----------------------------------------------------------------------------------------------
+def _isa_params(param_init, seed=0):
+  mod = sb.InvariantSlotAttention(8, (24, 36), slot_dim=128, param_init=param_init)
+  inputs, keep_idx = jnp.zeros((1, 4, 768)), jnp.zeros((1, 4), jnp.int32)
+  return jax.jit(mod.init)(jax.random.key(seed), inputs, keep_idx)["params"]
+
+
+def test_torch_init_matches_torch_linear_gru_and_layer_norm():
+  from tests.models.torch_init import assert_like_torch
+  p = _isa_params("torch")
+  torch.manual_seed(0)
+  # Every nn.Linear of the authors' Spatial_Binder, (in, out, bias), and its solv_jax Dense.
+  linears = {("project_inputs", "fc1"): (768, 768, True),
+             ("project_inputs", "fc2"): (768, 128, True),
+             ("to_q",): (128, 128, False), ("to_k",): (128, 128, False),
+             ("to_v",): (128, 128, False), ("grid_proj",): (2, 128, True),
+             ("kv_mlp_0",): (128, 128, True), ("kv_mlp_1",): (128, 128, True),
+             ("mlp", "fc1"): (128, 512, True), ("mlp", "fc2"): (512, 128, True),
+             ("to_out",): (128, 128, True)}
+  for path, (d_in, d_out, bias) in linears.items():
+    ours = functools.reduce(lambda t, k: t[k], path, p)
+    ref = torch.nn.Linear(d_in, d_out, bias=bias)
+    assert_like_torch(ours["kernel"], ref.weight, f"{path} kernel")
+    assert ("bias" in ours) == bias
+    if bias:
+      assert_like_torch(ours["bias"], ref.bias, f"{path} bias")
+  gru, ref = p["gru"], torch.nn.GRUCell(128, 128)
+  for side in "ih":  # torch stacks the gates (r, z, n) in one tensor per side
+    assert_like_torch(np.concatenate([gru[f"{side}{g}"]["kernel"] for g in "rzn"], 1),
+                      getattr(ref, f"weight_{side}h"), f"gru weight_{side}h")
+    assert_like_torch(np.concatenate([gru[f"{side}{g}"]["bias"] for g in "rzn"]),
+                      getattr(ref, f"bias_{side}h"), f"gru bias_{side}h")
+  for path in (("project_inputs", "norm_in"), ("project_inputs", "norm_out"), ("norm_slots",),
+               ("mlp", "norm")):
+    ln = functools.reduce(lambda t, k: t[k], path, p)
+    np.testing.assert_array_equal(ln["scale"], 1.0)
+    np.testing.assert_array_equal(ln["bias"], 0.0)
+  slots = torch.empty(1, 8, 128)
+  torch.nn.init.xavier_uniform_(slots)
+  assert_like_torch(p["slots"], slots, "slots")
+  for name in ("slot_pos", "slot_scale"):  # the authors' S_p, S_s: init.normal_(std=.02)
+    ref = torch.empty(1, 8, 1, 2)
+    torch.nn.init.normal_(ref, std=0.02)
+    assert_like_torch(p[name], ref, name, uniform=False)
+  np.testing.assert_allclose(p["grid_abs"], sb.grid_abs_init((24, 36)), atol=1e-6)
+
+
+def test_flax_init_option_keeps_flax_defaults():
+  p = _isa_params("flax")
+  for name in ("fc1", "fc2"):
+    np.testing.assert_array_equal(p["project_inputs"][name]["bias"], 0.0)
+  np.testing.assert_array_equal(p["kv_mlp_0"]["bias"], 0.0)
+  kernel = np.asarray(p["kv_mlp_0"]["kernel"])  # lecun normal: std 1/sqrt(fan_in)
+  np.testing.assert_allclose(kernel.std(), 1 / math.sqrt(128), rtol=0.05)
+  for g in "rzn":
+    np.testing.assert_array_equal(p["gru"][f"i{g}"]["bias"], 0.0)
+    hidden = np.asarray(p["gru"][f"h{g}"]["kernel"])  # orthogonal
+    np.testing.assert_allclose(hidden.T @ hidden, np.eye(128), atol=1e-5)
+  with pytest.raises(ValueError, match="param_init"):
+    _isa_params("xavier")
+
+
+def test_slot_mlp_dropout_is_on_the_mlp_output_before_the_residual():
+  # Authors' models/model.py MLP: x + dropout(layer2(relu(layer1(norm(x))))). Each element of
+  # the residual branch is then either dropped (0) or the eval branch scaled by 1/(1 - p).
+  mlp = sb.ResidualMLP(32, dropout=0.5)
+  z = np.random.RandomState(0).randn(4, 3, 8).astype(np.float32)
+  params = mlp.init(jax.random.key(0), z, train=False)["params"]
+  branch = np.asarray(mlp.apply({"params": params}, z, train=False)) - z
+  got = np.asarray(mlp.apply({"params": params}, z, train=True,
+                             rngs={"dropout": jax.random.key(1)})) - z
+  kept = np.abs(got) > 1e-6
+  np.testing.assert_allclose(got[kept], branch[kept] / 0.5, rtol=1e-4, atol=1e-5)
+  assert 0.2 < kept.mean() < 0.8

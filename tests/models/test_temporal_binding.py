@@ -101,3 +101,54 @@ def test_param_shapes_and_dropout():
   ref = torch.nn.TransformerEncoder(layer, 3, enable_nested_tensor=False)
   expected = sum(p.numel() for p in ref.parameters()) + 5 * 128
   assert sum(np.prod(a.shape) for a in jax.tree.leaves(shapes)) == expected == 595_456
+
+
+# ----------------------------------------------------------------------------------------------
+# Initialisation (SPEC §6) against torch's nn.TransformerEncoder as the authors build it
+# ----------------------------------------------------------------------------------------------
+def _full_size_params(param_init):
+  mod = TemporalBinding(num_frames=5, param_init=param_init)  # D_slot 128, 8 heads, 3 layers
+  return jax.jit(mod.init)(jax.random.key(0), jnp.zeros((1, 5, 2, 128)),
+                           jnp.ones((1, 5), bool))["params"]
+
+
+def test_torch_init_matches_torch_transformer_encoder_and_layers_start_identical():
+  from tests.models.torch_init import assert_like_torch
+  p = _full_size_params("torch")
+  torch.manual_seed(0)
+  layer = torch.nn.TransformerEncoderLayer(128, nhead=8, dim_feedforward=512, batch_first=True)
+  ref = torch.nn.TransformerEncoder(layer, 3, enable_nested_tensor=False)
+  t0 = ref.layers[0]
+  for t in ref.layers[1:]:  # torch deep-copies the layer: the fact the init must reproduce
+    assert all(torch.equal(a, b) for a, b in zip(t.parameters(), t0.parameters()))
+  for i in (1, 2):
+    jax.tree.map(np.testing.assert_array_equal, p[f"layers_{i}"], p["layers_0"])
+  l0, a = p["layers_0"], p["layers_0"]["attn"]
+  # The packed in-projection: xavier-uniform over the whole (3D, D) tensor.
+  qkv = np.concatenate([np.asarray(a[n]["kernel"]).reshape(128, 128) for n in
+                        ("query", "key", "value")], axis=1)
+  assert_like_torch(qkv, t0.self_attn.in_proj_weight, "in_proj_weight")
+  np.testing.assert_allclose(np.asarray(t0.self_attn.in_proj_weight.detach()).std(), 0.0625,
+                             rtol=0.02)  # sqrt(6 / (128 + 384)) / sqrt(3)
+  for n in ("query", "key", "value"):
+    np.testing.assert_array_equal(a[n]["bias"], 0.0)
+  assert not t0.self_attn.in_proj_bias.any() and not t0.self_attn.out_proj.bias.any()
+  assert_like_torch(a["out"]["kernel"], t0.self_attn.out_proj.weight, "out_proj.weight")
+  np.testing.assert_array_equal(a["out"]["bias"], 0.0)
+  for ours, theirs in (("fc1", t0.linear1), ("fc2", t0.linear2)):
+    assert_like_torch(l0[ours]["kernel"], theirs.weight, f"{ours} kernel")
+    assert_like_torch(l0[ours]["bias"], theirs.bias, f"{ours} bias")
+  for n in ("norm1", "norm2"):
+    np.testing.assert_array_equal(l0[n]["scale"], 1.0)
+    np.testing.assert_array_equal(l0[n]["bias"], 0.0)
+  pos = torch.empty(1, 5, 1, 128)  # the authors' pos_embed_temporal
+  torch.nn.init.normal_(pos, std=0.02)
+  assert_like_torch(p["pos_embed"], pos, "pos_embed", uniform=False)
+
+
+def test_flax_init_option_gives_each_layer_its_own_flax_default_init():
+  p = _full_size_params("flax")
+  assert not np.allclose(p["layers_0"]["fc1"]["kernel"], p["layers_1"]["fc1"]["kernel"])
+  np.testing.assert_array_equal(p["layers_0"]["fc1"]["bias"], 0.0)
+  kernel = np.asarray(p["layers_0"]["fc1"]["kernel"])  # lecun normal: std 1/sqrt(fan_in)
+  np.testing.assert_allclose(kernel.std(), 1 / np.sqrt(128), rtol=0.05)

@@ -1,0 +1,123 @@
+"""The seam from a config, a workdir or an exported .npz to a runnable SOLV and its params.
+
+  model = build_model(config)                      # SOLV from config.model + config.data
+  trainable = init_trainable(model, rng)           # everything but 'encoder'
+  encoder = encoder_params(config)                 # frozen DINOv2: converted or seeded random
+  params = with_encoder(trainable, encoder)        # the full tree SOLV.apply takes
+  loaded = load("workdir/demo")                    # or load("model.npz"): config, model, params
+
+Training, evaluation, export, segmentation, the baselines, the benchmarks and the notebooks
+all get their model and params here; checkpoints are read through
+`solv_jax.checkpoints.restore_params`, the one restore path.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from solv_jax.models import dinov2
+from solv_jax.models.solv import SOLV
+
+
+def build_model(config) -> SOLV:
+  """SOLV from the full config: config.model plus config.data.resolution and num_context."""
+  return SOLV.from_config(config.model, resolution=config.data.resolution,
+                          num_frames=2 * config.data.num_context + 1)
+
+
+def encoder_params(config, model: SOLV | None = None) -> dict:
+  """The frozen DINOv2 params: converted weights if configured, else a seeded random init
+  (seed config.seed + 1)."""
+  path = config.model.encoder_weights
+  if path:
+    _, params = dinov2.load_params(path, expected_variant=config.model.encoder)
+    return jax.tree_util.tree_map(jnp.asarray, params)
+  variant = model.encoder_variant if model is not None else config.model.encoder
+  return dinov2.init_params(variant, jax.random.key(config.seed + 1),
+                            image_hw=(dinov2.PATCH_SIZE, dinov2.PATCH_SIZE))
+
+
+def init_trainable(model: SOLV, rng) -> dict:
+  """Trainable params (everything but 'encoder'), initialised without running DINOv2."""
+  h, w = model.resolution
+  video = jnp.zeros((1, model.num_frames, h, w, 3), jnp.float32)
+  mask = jnp.ones((1, model.num_frames), bool)
+
+  def init(rng):
+    params = model.init(rng, video, mask, train=False)["params"]
+    return {k: v for k, v in params.items() if k != "encoder"}
+
+  return jax.jit(init)(rng)
+
+
+def initial_params(config, model: SOLV) -> dict:
+  """The run's step-0 trainable params (seeded by config.seed)."""
+  return init_trainable(model, jax.random.key(config.seed))
+
+
+def trainable_shapes(model: SOLV) -> dict:
+  """ShapeDtypeStructs of the trainable params, without computing them."""
+  return jax.eval_shape(lambda: init_trainable(model, jax.random.key(0)))
+
+
+def with_encoder(trainable: dict, encoder: dict) -> dict:
+  """The full param tree SOLV.apply takes: trainable params plus the frozen DINOv2."""
+  return {**trainable, "encoder": encoder}
+
+
+class LoadError(ValueError):
+  pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+  """A trained model ready to run: `model.apply({"params": params}, ...)`."""
+  config: Any
+  model: SOLV
+  params: dict             # full tree (trainable + 'encoder'), numpy
+  step: int | None         # the checkpoint's step (None for an export)
+  kind: str                # 'workdir' or 'export'
+  encoder_source: str      # where the DINOv2 params came from
+
+
+def load(path: str, step: int | None = None, *, with_encoder_params: bool = True) -> Loaded:
+  """A training workdir (its newest good checkpoint, or `step`) or an exported / converted
+  .npz -> Loaded. Non-finite params are refused by name."""
+  from solv_jax import checkpoints, export
+
+  if os.path.isdir(path):
+    config = export.load_config(path)
+    try:
+      step, trainable = checkpoints.restore_params(path, step)
+    except checkpoints.CheckpointError as e:
+      raise LoadError(str(e)) from e
+    encoder, kind = None, "workdir"
+  else:
+    try:
+      config, trainable, encoder = export.load_export(path)
+    except FileNotFoundError:
+      raise
+    except (KeyError, ValueError, OSError) as e:
+      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise LoadError(f"Cannot read export {path!r} ({first}): expected a .npz written by "
+                      "tools/export_numpy.py or tools/convert_solv_checkpoint.py.") from e
+    kind = "export"
+  bad = checkpoints.nonfinite_leaves(trainable)
+  if bad:
+    raise LoadError(f"{path!r} holds non-finite params ({len(bad)} array(s), e.g. {bad[0]}): "
+                    "the run diverged or the file is damaged; use an earlier checkpoint.")
+  model = build_model(config)
+  if encoder is not None:
+    source = f"{path} (exported)"
+  elif with_encoder_params:
+    encoder = jax.tree_util.tree_map(np.asarray, encoder_params(config, model))
+    source = config.model.encoder_weights or f"random init (seed {config.seed + 1})"
+  else:
+    source = "not loaded"
+  params = with_encoder(trainable, encoder) if encoder is not None else dict(trainable)
+  return Loaded(config, model, params, step, kind, source)
