@@ -214,8 +214,11 @@ def validate(config) -> None:
         "the token drop ratio must be in [0, 1) (0.5 in the paper; 0 keeps every token).")
   if 0.0 <= m.token_drop < 1.0 and res_ok:
     tokens = (res[0] // dinov2.PATCH_SIZE) * (res[1] // dinov2.PATCH_SIZE)
-    check(int(tokens * (1.0 - m.token_drop)) >= 1, "model.token_drop", m.token_drop,
-          f"keeps no token of the {tokens} at resolution {res}; lower it.")
+    try:
+      dinov2.num_kept_tokens(tokens, m.token_drop)
+    except ValueError:
+      check(False, "model.token_drop", m.token_drop,
+            f"keeps no token of the {tokens} at resolution {res}; lower it.")
   check(m.spatial_binding in ("invariant", "vanilla"), "model.spatial_binding",
         m.spatial_binding, "must be 'invariant' or 'vanilla'.")
   check(m.merge_backend in BACKENDS, "model.merge_backend", m.merge_backend,

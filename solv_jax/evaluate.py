@@ -82,27 +82,54 @@ class VideoSegmenter:
     Returns numpy dict: 'masks' (T, K, h, w) on the token grid, 'valid' (T, K),
     'slots' (T, K, Ds) merged slots, 'track_ids' (T, K).
     """
+    if not naive:
+      return self.decode(*self.bind_frames(frames))
     t, n = frames.shape[0], self.n
-    f = 2 * n + 1
-    pad = lambda x: np.concatenate([np.zeros((n, *x.shape[1:]), x.dtype), x,  # noqa: E731
-                                    np.zeros((n, *x.shape[1:]), x.dtype)])
-    idx = np.arange(t)[:, None] + np.arange(f)[None, :]  # (T, F) rows of the padded video
-    frame_mask = pad(np.ones(t, bool))[idx]  # (T, F): False on the zero frames
-    if naive:
-      frames_p = pad(frames)
-      out = self._batched(self._naive_window, lambda s, e: (frames_p[idx[s:e]], frame_mask[s:e]),
-                          t, self.batch_windows)
-    else:
-      slots, attn = self._batched(self._per_frame, lambda s, e: (frames[s:e],), t,
-                                  self.frame_chunk)  # (T, K, Ds), (T, K, N)
-      slots_p, attn_p = pad(slots), pad(attn)
-      out = self._batched(
-          self._per_window, lambda s, e: (slots_p[idx[s:e]], attn_p[idx[s:e]], frame_mask[s:e]),
-          t, self.batch_windows)
+    idx, frame_mask = self._windows(t)
+    frames_p = _pad_video(frames, n)
+    out = self._batched(self._naive_window, lambda s, e: (frames_p[idx[s:e]], frame_mask[s:e]),
+                        t, self.batch_windows)
+    return self._finish(out)
+
+  def bind_frames(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The per-frame part: DINOv2 and spatial binding of each frame, in batches of frame_chunk.
+
+    frames (C, H, W, 3) float, preprocessed -> slots (C, K, Ds), attn (C, K, N). Each frame
+    depends only on itself, so a long video can be bound in pieces (whose lengths are
+    multiples of frame_chunk to batch exactly as one call would) and concatenated for `decode`.
+    """
+    return self._batched(self._per_frame, lambda s, e: (frames[s:e],), frames.shape[0],
+                         self.frame_chunk)
+
+  def decode(self, slots: np.ndarray, attn: np.ndarray) -> dict:
+    """The per-window part on a whole video's `bind_frames` outputs, (T, K, Ds) and (T, K, N):
+    every frame the middle of its window, then tracking. Returns what __call__ returns."""
+    t = slots.shape[0]
+    idx, frame_mask = self._windows(t)
+    slots_p, attn_p = _pad_video(slots, self.n), _pad_video(attn, self.n)
+    out = self._batched(
+        self._per_window, lambda s, e: (slots_p[idx[s:e]], attn_p[idx[s:e]], frame_mask[s:e]),
+        t, self.batch_windows)
+    return self._finish(out)
+
+  def _windows(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+    """-> idx (T, F), the rows of the padded video in each frame's window, and frame_mask
+    (T, F), False on the n zero frames padded at both ends."""
+    f = 2 * self.n + 1
+    idx = np.arange(t)[:, None] + np.arange(f)[None, :]  # (T, F)
+    return idx, _pad_video(np.ones(t, bool), self.n)[idx]
+
+  def _finish(self, out: dict) -> dict:
     h, w = self.grid_hw
-    out["masks"] = out["masks"].reshape(t, -1, h, w)
+    out["masks"] = out["masks"].reshape(out["masks"].shape[0], -1, h, w)  # (T, K, h, w)
     out["track_ids"] = metrics.track_slots(out["slots"], out["valid"])
     return out
+
+
+def _pad_video(x: np.ndarray, n: int) -> np.ndarray:
+  """n zero rows before and after x (T, ...) -> (T + 2n, ...)."""
+  zeros = np.zeros((n, *x.shape[1:]), x.dtype)
+  return np.concatenate([zeros, x, zeros])
 
 
 def _pad_to(x: np.ndarray, size: int) -> np.ndarray:

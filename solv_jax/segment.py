@@ -33,15 +33,26 @@ overlay.*, summary.json, slots.npz) and leaves any other file alone. Written und
                         token grid (h, w) = token_grid, before upsampling; token_grid (2,).
                         Rows where valid is False hold whatever the decoder left: ignore them.
   overlay.gif           the frames tinted with their track colours, longer side at most
-                        480 px (GIF_MAX_SIDE), looping.
-  overlay.mp4           the same at the video's size (padded to even sizes), H.264, when
-                        imageio-ffmpeg is installed.
+                        480 px (GIF_MAX_SIDE), looping, at most 200 frames (GIF_MAX_FRAMES):
+                        a longer video's GIF shows every k-th frame, each shown k times as long
+                        (summary.json: overlay_gif_stride = k, overlay_gif_frames).
+  overlay.mp4           the same at the video's size (padded to even sizes), every frame, H.264,
+                        when imageio-ffmpeg is installed.
   summary.json          input (path, kind, frames, size, fps, frame files), checkpoint, model,
                         outputs (each file written and its format; "slots" is "slots.npz" with
                         --save_slots, else null), objects (per track id: frames it covers, pixel
                         count) and per-frame pixel counts per id.
 SOLV has no background class: every pixel goes to some slot, so the background is one (or a
-few) of the track ids too. Native frames are held in memory; use --max_frames for long videos.
+few) of the track ids too.
+
+Long videos are streamed: the input is decoded twice, once for the model (each frame resized to
+the model's resolution as it is read; DINOv2 and spatial binding run on chunks of
+VideoSegmenter.frame_chunk frames; the windows on the small per-frame slots) and once for the
+outputs (each frame's masks upsampled, written and tinted, then dropped). Memory is bounded by a
+chunk of frames plus the per-frame slots, attention and token-grid masks (kilobytes a frame),
+not by the number of frames of native size. In Python, `open_video` + `segment_frames` +
+`write_frames` are that path; `read_video` + `segment` + `write_outputs` do the same on frames
+held in memory.
 """
 from __future__ import annotations
 
@@ -51,6 +62,7 @@ import json
 import os
 import re
 import sys
+from typing import Iterable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # tf only resizes frames here
 
@@ -60,8 +72,8 @@ from tqdm.auto import tqdm
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 GIF_MAX_SIDE = 480
+GIF_MAX_FRAMES = 200  # a longer video's GIF shows every k-th frame (k = overlay_gif_stride)
 DEFAULT_FPS = 8.0
-_PREPROCESS_CHUNK = 32  # frames resized per call (bounds the float32 copy at native size)
 
 
 class SegmentError(ValueError):
@@ -129,7 +141,121 @@ def _natural_key(name: str):
   return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
 
 
-def _read_folder(path: str, max_frames: int | None) -> Video:
+class FrameSource:
+  """A video file or a folder of frames, decoded lazily: iterating yields its first max_frames
+  frames one at a time as (H, W, 3) uint8 RGB, decoding the input again on every iteration.
+
+  Opening checks what is cheap to check before the model is set up: the path exists, a folder
+  holds frames whose headers open and agree on one size, a file's first frame decodes. `info`
+  is JSON-able (path, kind, num_frames, height, width, fps; for folders total_frames,
+  source_modes and frame_files); num_frames, height, width and source_modes are known after a
+  complete iteration (None before it).
+  """
+
+  def __init__(self, path: str, max_frames: int | None = None):
+    _require(path, "--video", "a video file or a folder of frames")
+    if max_frames is not None and max_frames < 0:
+      raise SegmentError(f"--max_frames must be >= 0, got {max_frames}.")
+    self.path, self.max_frames = path, max_frames or None
+    self.kind = "frames" if os.path.isdir(path) else "video"
+    self.num_frames = self.hw = self.modes = None
+    self.fps = None
+    if self.kind == "frames":
+      self.names, self.total = _folder_frames(path, self.max_frames)
+    else:
+      self.fps = _file_fps(path)
+      for _ in self._iter_file(progress=False):  # the first frame decodes
+        break
+
+  @property
+  def info(self) -> dict:
+    h, w = self.hw or (None, None)
+    if self.kind == "frames":
+      return dict(path=os.path.abspath(self.path), kind="frames", num_frames=self.num_frames,
+                  total_frames=self.total, height=h, width=w, fps=None,
+                  source_modes=self.modes, frame_files=self.names)
+    return dict(path=os.path.abspath(self.path), kind="video", num_frames=self.num_frames,
+                height=h, width=w, fps=self.fps)
+
+  def __iter__(self):
+    return self.frames()
+
+  def frames(self, progress: bool = True):
+    """Yields the frames; at the end records num_frames and size, and refuses an input whose
+    frame count differs from an earlier complete iteration (it changed in between)."""
+    frames = self._iter_folder(progress) if self.kind == "frames" else self._iter_file(progress)
+    count = 0
+    for frame in frames:
+      count += 1
+      if self.num_frames is not None and count > self.num_frames:
+        break
+      yield frame
+    if self.num_frames is not None and count != self.num_frames:
+      more = "more than" if count > self.num_frames else f"{count} frames where"
+      raise SegmentError(f"--video {self.path!r} gave {more} the {self.num_frames} frames of an "
+                         "earlier read; was it changed while being segmented?")
+    self.num_frames = count
+
+  def _check_size(self, where: str, hw: tuple[int, int], first: tuple[str, tuple[int, int]]):
+    if hw == first[1]:
+      return
+    if self.kind == "frames":
+      raise _mixed_sizes(self.path, first, (where, hw))
+    (h, w), (h2, w2) = first[1], hw
+    raise SegmentError(f"Video {self.path!r} changes frame size at {where} ({h}x{w} -> "
+                       f"{h2}x{w2}, HxW); re-encode it at one size.")
+
+  def _iter_folder(self, progress: bool):
+    modes, first = {}, None
+    for name in tqdm(self.names, desc="read frames", unit="frame", disable=not progress):
+      file = os.path.join(self.path, name)
+      try:
+        with Image.open(file) as im:
+          im = ImageOps.exif_transpose(im)  # as displayed
+          modes[im.mode] = modes.get(im.mode, 0) + 1
+          frame = to_rgb(im, file)
+      except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise SegmentError(f"Cannot read frame {file!r}: {e}") from e
+      first = first or (name, frame.shape[:2])
+      self._check_size(name, frame.shape[:2], first)
+      self.hw = first[1]
+      yield frame
+    self.modes = modes
+
+  def _iter_file(self, progress: bool):
+    import imageio.v3 as iio
+    first = None
+    total = self.num_frames or self.max_frames
+    try:
+      with tqdm(desc="read frames", unit="frame", total=total, disable=not progress) as bar:
+        for i, frame in enumerate(iio.imiter(self.path)):
+          if self.max_frames and i >= self.max_frames:
+            break
+          frame = to_rgb(frame, f"{self.path!r} frame {i}")
+          first = first or ("frame 0", frame.shape[:2])
+          self._check_size(f"frame {i}", frame.shape[:2], first)
+          self.hw = first[1]
+          bar.update()
+          yield frame
+    except SegmentError:
+      raise
+    except Exception as e:  # noqa: BLE001 - imageio/ffmpeg/PIL raise many types for bad files
+      hint = ""
+      if self.path.lower().endswith((".mp4", ".webm", ".mov", ".mkv", ".avi")):
+        try:
+          import imageio_ffmpeg  # noqa: F401
+        except ImportError:
+          hint = " (reading this format needs imageio-ffmpeg: pip install imageio-ffmpeg)"
+      raise SegmentError(f"Cannot read video {self.path!r}: it is unreadable or corrupt "
+                         f"({type(e).__name__}: {_first_lines(e)}){hint}.") from e
+    if first is None:
+      raise SegmentError(f"Cannot read video {self.path!r}: it holds no frames.")
+
+
+def _folder_frames(path: str, max_frames: int | None) -> tuple[list[str], int]:
+  """-> (the frame files to read, in natural order; how many the folder holds). Opens each
+  file's header (no decoding) so that a non-image or a mixed size is named before model
+  set-up."""
   names = sorted((n for n in os.listdir(path) if not n.startswith(".")
                   and os.path.isfile(os.path.join(path, n))), key=_natural_key)
   frames_names = [n for n in names if n.lower().endswith(FRAME_EXTENSIONS)]
@@ -138,31 +264,29 @@ def _read_folder(path: str, max_frames: int | None) -> Video:
     raise SegmentError(f"--video {path!r} is a folder without frames: no "
                        f"{'/'.join(FRAME_EXTENSIONS)} files{other}.")
   total = len(frames_names)
-  if max_frames:
-    frames_names = frames_names[:max_frames]
-  frames, modes, first = [], {}, None
-  for name in tqdm(frames_names, desc="read frames", unit="frame"):
+  frames_names = frames_names[:max_frames] if max_frames else frames_names
+  first = None
+  for name in frames_names:
     file = os.path.join(path, name)
     try:
       with Image.open(file) as im:
-        im = ImageOps.exif_transpose(im)  # as displayed
-        modes[im.mode] = modes.get(im.mode, 0) + 1
-        frame = to_rgb(im, file)
+        w, h = im.size
+        if im.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientation: displayed transposed
+          w, h = h, w
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
       raise SegmentError(f"Cannot read frame {file!r}: {e}") from e
-    if first is None:
-      first = (name, frame.shape[:2])
-    elif frame.shape[:2] != first[1]:
-      (h, w), (h2, w2) = first[1], frame.shape[:2]
-      raise SegmentError(
-          f"--video {path!r} mixes frame sizes: {first[0]!r} is {h}x{w} (HxW) but {name!r} is "
-          f"{h2}x{w2}. A folder is one video; resize its frames to one size first.")
-    frames.append(frame)
-  frames = np.stack(frames)
-  return Video(frames, dict(path=os.path.abspath(path), kind="frames",
-                            num_frames=len(frames), total_frames=total,
-                            height=int(frames.shape[1]), width=int(frames.shape[2]), fps=None,
-                            source_modes=modes, frame_files=frames_names))
+    first = first or (name, (h, w))
+    if (h, w) != first[1]:
+      raise _mixed_sizes(path, first, (name, (h, w)))
+  return frames_names, total
+
+
+def _mixed_sizes(path: str, first: tuple[str, tuple[int, int]],
+                 other: tuple[str, tuple[int, int]]) -> SegmentError:
+  (name, (h, w)), (name2, (h2, w2)) = first, other
+  return SegmentError(
+      f"--video {path!r} mixes frame sizes: {name!r} is {h}x{w} (HxW) but {name2!r} is "
+      f"{h2}x{w2}. A folder is one video; resize its frames to one size first.")
 
 
 def _first_lines(e: Exception) -> str:
@@ -172,56 +296,32 @@ def _first_lines(e: Exception) -> str:
   return lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
 
 
-def _read_file(path: str, max_frames: int | None) -> Video:
+def _file_fps(path: str) -> float | None:
   import imageio.v3 as iio
-  fps = None
-  frames = []
   try:
-    try:
-      meta = iio.immeta(path)
-      if meta.get("fps"):
-        fps = float(meta["fps"])
-      elif meta.get("duration"):  # GIF: milliseconds per frame
-        fps = 1000.0 / float(meta["duration"])
-    except Exception:  # noqa: BLE001 - metadata is optional; reading the frames decides
-      pass
-    with tqdm(desc="read frames", unit="frame", total=max_frames or None) as bar:
-      for i, frame in enumerate(iio.imiter(path)):
-        if max_frames and i >= max_frames:
-          break
-        frames.append(to_rgb(frame, f"{path!r} frame {i}"))
-        bar.update()
-  except SegmentError:
-    raise
-  except Exception as e:  # noqa: BLE001 - imageio/ffmpeg/PIL raise many types for bad files
-    hint = ""
-    if path.lower().endswith((".mp4", ".webm", ".mov", ".mkv", ".avi")):
-      try:
-        import imageio_ffmpeg  # noqa: F401
-      except ImportError:
-        hint = " (reading this format needs imageio-ffmpeg: pip install imageio-ffmpeg)"
-    raise SegmentError(f"Cannot read video {path!r}: it is unreadable or corrupt "
-                       f"({type(e).__name__}: {_first_lines(e)}){hint}.") from e
-  if not frames:
-    raise SegmentError(f"Cannot read video {path!r}: it holds no frames.")
-  sizes = {f.shape[:2] for f in frames}
-  if len(sizes) > 1:
-    raise SegmentError(f"Video {path!r} changes frame size ({sorted(sizes)}); re-encode it at "
-                       "one size.")
-  frames = np.stack(frames)
-  return Video(frames, dict(path=os.path.abspath(path), kind="video", num_frames=len(frames),
-                            height=int(frames.shape[1]), width=int(frames.shape[2]), fps=fps))
+    meta = iio.immeta(path)
+    if meta.get("fps"):
+      return float(meta["fps"])
+    if meta.get("duration"):  # GIF: milliseconds per frame
+      return 1000.0 / float(meta["duration"])
+  except Exception:  # noqa: BLE001 - metadata is optional; reading the frames decides
+    pass
+  return None
+
+
+def open_video(path: str, max_frames: int | None = None) -> FrameSource:
+  """A video file or a folder of frames -> FrameSource, its frames read lazily (see the module
+  doc for what is accepted). max_frames keeps the first N frames (None or 0: all)."""
+  return FrameSource(path, max_frames)
 
 
 def read_video(path: str, max_frames: int | None = None) -> Video:
-  """A video file or a folder of frames -> Video with (T, H, W, 3) uint8 frames (see the module
-  doc for what is accepted). max_frames keeps the first N frames (None or 0: all)."""
-  _require(path, "--video", "a video file or a folder of frames")
-  if max_frames is not None and max_frames < 0:
-    raise SegmentError(f"--max_frames must be >= 0, got {max_frames}.")
-  if os.path.isdir(path):
-    return _read_folder(path, max_frames)
-  return _read_file(path, max_frames)
+  """A video file or a folder of frames -> Video with all its (T, H, W, 3) uint8 frames in
+  memory (see the module doc for what is accepted). max_frames keeps the first N frames (None
+  or 0: all). For long videos, `open_video` reads frame by frame instead."""
+  source = open_video(path, max_frames)
+  frames = np.stack(list(source))
+  return Video(frames, source.info)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -270,27 +370,63 @@ def load_model(checkpoint: str, resolution: tuple[int, int] | None = None, *,
   return LoadedModel(config, segmenter, info)
 
 
+def segment_frames(loaded: LoadedModel, frames: Iterable[np.ndarray],
+                   progress: bool = True) -> dict:
+  """(H, W, 3) uint8 frames, one at a time (a FrameSource, or the rows of an array) -> the
+  segmenter's outputs for the whole video: 'masks' (T, K, h, w) on the token grid, 'valid',
+  'slots', 'track_ids' (see evaluate.VideoSegmenter).
+
+  The one path of evaluation, streamed: each frame goes through `pipeline.preprocess_frames` to
+  the model's resolution as it is read, every frame_chunk of them through DINOv2 and spatial
+  binding (`VideoSegmenter.bind_frames`, the batches one call on the whole video makes), and the
+  windows run on the small per-frame slots and attention (`VideoSegmenter.decode`). Memory
+  holds one native frame and one chunk at the model's resolution, whatever the video's length.
+  """
+  from solv_jax.data import pipeline
+
+  segmenter = loaded.segmenter
+  resolution = tuple(loaded.config.data.resolution)
+  chunk, slots, attn = [], [], []
+
+  def bind():
+    s, a = segmenter.bind_frames(np.stack(chunk))  # (C, K, Ds), (C, K, N)
+    slots.append(s)
+    attn.append(a)
+    chunk.clear()
+
+  for frame in frames:
+    chunk.append(pipeline.preprocess_frames(np.asarray(frame)[None], resolution)[0])
+    if len(chunk) == segmenter.frame_chunk:
+      bind()
+  if chunk:
+    bind()
+  if not slots:
+    raise SegmentError("No frames to segment.")
+  if progress:
+    print(f"Decoding {sum(len(s) for s in slots)} frames in windows ...", flush=True)
+  return segmenter.decode(np.concatenate(slots), np.concatenate(attn))
+
+
+def frame_ids(out: dict, t: int, hw: tuple[int, int]) -> np.ndarray:
+  """Frame t's (H, W) int32 track ids from the segmenter's outputs, upsampled to hw."""
+  from solv_jax import metrics
+  return metrics.masks_to_ids(out["masks"][t:t + 1], out["track_ids"][t:t + 1], out_hw=hw)[0]
+
+
 def segment(loaded: LoadedModel, frames: np.ndarray, progress: bool = True):
   """(T, H, W, 3) uint8 frames -> ((T, H, W) int32 track ids, the segmenter's outputs).
 
-  The one path of evaluation: `pipeline.preprocess_frames` to the model's resolution,
-  `evaluate.VideoSegmenter`, `metrics.masks_to_ids` upsampling to (H, W) frame by frame.
+  `segment_frames` on the frames in memory, then `metrics.masks_to_ids` upsampling to (H, W)
+  frame by frame.
   """
-  from solv_jax import metrics
-  from solv_jax.data import pipeline
-
   frames = np.asarray(frames)
   resolution = tuple(loaded.config.data.resolution)
-  inputs = np.concatenate([pipeline.preprocess_frames(frames[s:s + _PREPROCESS_CHUNK],
-                                                      resolution)
-                           for s in range(0, len(frames), _PREPROCESS_CHUNK)])
   if progress:
     print(f"Segmenting {len(frames)} frames at {resolution[0]}x{resolution[1]} ...", flush=True)
-  out = loaded.segmenter(inputs)
+  out = segment_frames(loaded, frames, progress=False)
   ids = np.empty(frames.shape[:3], np.int32)
   for t in tqdm(range(len(frames)), desc="masks", unit="frame", disable=not progress):
-    ids[t] = metrics.masks_to_ids(out["masks"][t:t + 1], out["track_ids"][t:t + 1],
-                                  out_hw=frames.shape[1:3])[0]
+    ids[t] = frame_ids(out, t, frames.shape[1:3])
   return ids, out
 
 
@@ -363,10 +499,20 @@ def write_outputs(out_dir: str, video: Video, ids: np.ndarray, fps: float,
   segmenter's outputs, are given) and summary.json; returns the summary. Earlier outputs of this
   function in out_dir are replaced (the command line refuses a non-empty --out before that
   unless --overwrite)."""
+  return write_frames(out_dir, video.info, zip(video.frames, ids), ids.shape, fps, model_info,
+                      progress, slots)
+
+
+def write_frames(out_dir: str, info: dict, frames_and_ids: Iterable, shape: tuple[int, int, int],
+                 fps: float, model_info: dict | None = None, progress: bool = True,
+                 slots: dict | None = None) -> dict:
+  """`write_outputs` from (frame (H, W, 3) uint8, ids (H, W)) pairs given one at a time, the
+  video's `shape` (T, H, W) and its `info`: memory holds one frame and the GIF's (at most
+  GIF_MAX_FRAMES frames of GIF_MAX_SIDE px), whatever the video's length."""
   from solv_jax import visualize
 
-  frames = video.frames
-  t_len, h, w = ids.shape
+  t_len, h, w = shape
+  gif_stride = -(-t_len // GIF_MAX_FRAMES)  # every frame up to GIF_MAX_FRAMES, then every k-th
   mask_dir = os.path.join(out_dir, "masks")
   os.makedirs(mask_dir, exist_ok=True)
   for name in os.listdir(mask_dir):  # a longer earlier run's frames would mix in
@@ -384,34 +530,41 @@ def write_outputs(out_dir: str, video: Video, ids: np.ndarray, fps: float,
   mp4 = _mp4_writer(mp4_path, h, w, fps)
   gif_frames, per_frame = [], []
   pixels, frames_of = {}, {}
-  for t in tqdm(range(t_len), desc="write", unit="frame", disable=not progress):
+  t = -1
+  for t, (frame, ids_t) in enumerate(tqdm(frames_and_ids, desc="write", unit="frame",
+                                          total=t_len, disable=not progress)):
+    if t >= t_len:
+      raise ValueError(f"More than the {t_len} frames of shape {shape} to write.")
     file = f"masks/{t:06d}.png"
-    mask_image(ids[t]).save(os.path.join(out_dir, file), format="PNG")
-    counts = np.bincount(ids[t].reshape(-1))
+    mask_image(ids_t).save(os.path.join(out_dir, file), format="PNG")
+    counts = np.bincount(ids_t.reshape(-1))
     present = {int(i): int(c) for i, c in enumerate(counts) if c}
     for i, c in present.items():
       pixels[i] = pixels.get(i, 0) + c
       frames_of.setdefault(i, []).append(t)
     row = {"index": t, "mask": file, "pixels": {str(i): c for i, c in present.items()}}
-    if video.info.get("frame_files"):
-      row["source"] = video.info["frame_files"][t]
+    if info.get("frame_files"):
+      row["source"] = info["frame_files"][t]
     per_frame.append(row)
-    tinted = visualize.overlay(frames[t], ids[t])
-    gif_frames.append(Image.fromarray(tinted).resize(_gif_size(h, w), Image.BILINEAR))
+    tinted = visualize.overlay(frame, ids_t)
+    if t % gif_stride == 0:
+      gif_frames.append(Image.fromarray(tinted).resize(_gif_size(h, w), Image.BILINEAR))
     if mp4 is not None:
       mp4 = _mp4_send(mp4, mp4_path, np.pad(tinted, ((0, h % 2), (0, w % 2), (0, 0)),
                                             mode="edge"))
+  if t + 1 != t_len:
+    raise ValueError(f"{t + 1} frames to write where shape {shape} says {t_len}.")
   if mp4 is not None:
     mp4 = _mp4_send(mp4, mp4_path, None)
   gif_path = os.path.join(out_dir, "overlay.gif")
   gif_frames[0].save(gif_path, format="GIF", save_all=True, append_images=gif_frames[1:],
-                     duration=int(round(1000 / fps)), loop=0)
+                     duration=int(round(1000 * gif_stride / fps)), loop=0)
 
   objects = [dict(id=i, num_frames=len(frames_of[i]), first_frame=frames_of[i][0],
                   last_frame=frames_of[i][-1], pixels=pixels[i], frames=frames_of[i])
              for i in sorted(pixels)]
   summary = {
-      "input": dict(video.info),
+      "input": dict(info),
       "model": model_info or {},
       "fps": fps,
       "outputs": {
@@ -420,6 +573,8 @@ def write_outputs(out_dir: str, video: Video, ids: np.ndarray, fps: float,
                           "8-bit palette (mode P) if every id < 256, else 16-bit greyscale"),
           "overlay_gif": "overlay.gif",
           "overlay_gif_size": list(_gif_size(h, w))[::-1],
+          "overlay_gif_frames": len(gif_frames),
+          "overlay_gif_stride": gif_stride,
           "overlay_mp4": "overlay.mp4" if mp4 is not None else None,
           "slots": slots_file,
           "slots_format": (None if slots_file is None else
@@ -484,16 +639,26 @@ def main(argv=None) -> int:
   try:
     check_out_dir(args.out, args.overwrite)  # before the long read and model set-up
     _require(args.checkpoint, "--checkpoint", _CHECKPOINT_KINDS)  # before a long read
-    video = read_video(args.video, args.max_frames or None)
+    source = open_video(args.video, args.max_frames or None)  # headers / first frame only
     loaded = load_model(args.checkpoint, args.resolution, xla_flags=True)
   except (ValueError, FileNotFoundError) as e:  # SegmentError, or a bad config/weights file
     print(f"error: {e}", file=sys.stderr)
     return 1
-  ids, out = segment(loaded, video.frames)
-  fps = args.fps or video.info.get("fps") or DEFAULT_FPS
-  summary = write_outputs(args.out, video, ids, fps, loaded.info,
-                          slots=out if args.save_slots else None)
-  print(f"{summary['num_objects']} tracks over {len(ids)} frames; wrote {args.out}/masks/*.png, "
+  # Streamed: the video is decoded twice, once for the model and once for the outputs, so that
+  # memory holds a chunk of frames, never the whole video (issue 18.8).
+  h, w = loaded.config.data.resolution
+  print(f"Segmenting {args.video} at {h}x{w} ...", flush=True)
+  try:
+    out = segment_frames(loaded, source)
+    num_frames, hw = source.num_frames, source.hw
+    fps = args.fps or source.fps or DEFAULT_FPS
+    pairs = ((frame, frame_ids(out, t, hw)) for t, frame in enumerate(source.frames(False)))
+    summary = write_frames(args.out, source.info, pairs, (num_frames, *hw), fps, loaded.info,
+                           slots=out if args.save_slots else None)
+  except SegmentError as e:  # a frame that fails to decode past the checks of open_video
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(f"{summary['num_objects']} tracks over {num_frames} frames; wrote {args.out}/masks/*.png, "
         f"overlay.gif{', overlay.mp4' if summary['outputs']['overlay_mp4'] else ''}"
         f"{', slots.npz' if summary['outputs']['slots'] else ''}, summary.json", flush=True)
   return 0

@@ -10,6 +10,7 @@ its inputs' RGB conversion against PIL's own `convert("RGB")`.
 import json
 import os
 import shutil
+import tracemalloc
 
 import imageio.v3 as iio
 import numpy as np
@@ -65,8 +66,9 @@ def _read_masks(out_dir):
                           for n in names])
 
 
-def _check_outputs(out_dir, num_frames, hw):
-  """PNG count and size, summary consistent with the PNGs, GIF frames; -> (ids, summary)."""
+def _check_outputs(out_dir, num_frames, hw, gif_frames=None):
+  """PNG count and size, summary consistent with the PNGs, GIF frames (num_frames unless
+  given); -> (ids, summary)."""
   names, ids = _read_masks(out_dir)
   assert names == [f"{t:06d}.png" for t in range(num_frames)]
   assert ids.shape == (num_frames, *hw)
@@ -88,7 +90,7 @@ def _check_outputs(out_dir, num_frames, hw):
     assert png.mode == "P"  # ids < 256: 8-bit palette PNGs
   with Image.open(os.path.join(out_dir, "overlay.gif")) as gif:
     assert gif.size == (hw[1], hw[0])  # below GIF_MAX_SIDE: native size
-    assert sum(1 for _ in ImageSequence.Iterator(gif)) == num_frames
+    assert sum(1 for _ in ImageSequence.Iterator(gif)) == (gif_frames or num_frames)
   return ids, summary
 
 
@@ -308,3 +310,67 @@ def test_save_slots_writes_the_segmenters_outputs(model, clip, tmp_path):
   assert not (out / "slots.npz").exists()
   with open(out / "summary.json") as f:
     assert json.load(f)["outputs"]["slots"] is None
+
+
+def _peak_bytes(fn):
+  """-> (fn(), the peak of memory traced by tracemalloc (numpy arrays included) during fn)."""
+  tracemalloc.start()
+  try:
+    result = fn()
+    return result, tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+
+
+def _outputs(out_dir):
+  files = sorted(p for p in out_dir.rglob("*") if p.is_file() and p.name != "overlay.mp4")
+  return {str(p.relative_to(out_dir)): p.read_bytes() for p in files}
+
+
+def test_long_videos_stream_in_memory_bounded_by_a_chunk(model, tmp_path, monkeypatch):
+  # Issue 18.8: the command held every native frame, every full-size id map and every GIF frame,
+  # so its peak grew with the video. Streamed, doubling the video adds a few kB (per-frame
+  # slots and summary rows); the in-memory path, measured the same way, adds at least the
+  # frames themselves, which shows the measure sees what holding the video costs.
+  workdir, _, _, config = model
+  h, w = 160, 240
+  cfg = synthetic.SyntheticConfig(num_frames=40, height=h, width=w, min_objects=2, max_objects=3)
+  long_clip, _ = synthetic.generate_video(cfg, np.random.default_rng(3))
+  monkeypatch.setattr(segment, "GIF_MAX_FRAMES", 15)  # 40 frames -> every 3rd frame
+  # One model for all four runs, compiled before measuring (restore and jit are the same for
+  # every length; measured, they would only add noise and time).
+  loaded = segment.load_model(workdir)
+  segment.segment(loaded, long_clip[:1], progress=False)
+  monkeypatch.setattr(segment, "load_model", lambda *args, **kwargs: loaded)
+  peaks = {}
+  for t_len in (20, 40):
+    mp4 = str(tmp_path / f"clip{t_len}.mp4")
+    iio.imwrite(mp4, long_clip[:t_len], fps=10, macro_block_size=1)
+    out = tmp_path / f"stream{t_len}"
+    rc, peaks["stream", t_len] = _peak_bytes(lambda: segment.main(
+        [f"--checkpoint={workdir}", f"--video={mp4}", f"--out={out}"]))
+    assert rc == 0
+
+    def in_memory(mp4=mp4, out=tmp_path / f"memory{t_len}"):
+      video = segment.read_video(mp4)
+      ids, _ = segment.segment(loaded, video.frames)
+      segment.write_outputs(str(out), video, ids, video.info["fps"], loaded.info)
+      return video.frames, ids
+    (frames, ids), peaks["memory", t_len] = _peak_bytes(in_memory)
+  raw = 20 * h * w * 3  # bytes of the 20 frames that doubling adds
+  grown = {k: peaks[k, 40] - peaks[k, 20] for k in ("stream", "memory")}
+  print(f"peak growth from 20 to 40 frames of {h}x{w}: {grown} bytes (raw frames {raw})")
+  assert grown["memory"] > raw, (grown, raw)
+  assert grown["stream"] < raw / 4, (grown, raw)
+  # Same outputs as the in-memory path, byte for byte, and the evaluation protocol's ids
+  # (one VideoSegmenter call on the whole preprocessed video: chunking changes nothing).
+  streamed = _outputs(tmp_path / "stream40")
+  assert streamed == _outputs(tmp_path / "memory40")
+  stream_ids, summary = _check_outputs(str(tmp_path / "stream40"), 40, (h, w), gif_frames=14)
+  np.testing.assert_array_equal(stream_ids, ids)
+  np.testing.assert_array_equal(ids, _reference_ids(model, frames))
+  assert summary["outputs"]["overlay_gif_stride"] == 3
+  assert summary["outputs"]["overlay_gif_frames"] == 14  # frames 0, 3, ..., 39
+  with Image.open(tmp_path / "stream40" / "overlay.gif") as gif:
+    assert gif.info["duration"] == 300  # each GIF frame stands for 3 frames at 10 fps
+  assert iio.imread(str(tmp_path / "stream40" / "overlay.mp4")).shape == (40, h, w, 3)

@@ -229,28 +229,26 @@ def bench_attention(config, repeats: int = 5) -> list[dict]:
   heads, d = v["num_heads"], v["embed_dim"]
   params = build.encoder_params(config, model)
   h, w = model.resolution
-  encoder = dinov2.DINOv2(config.model.encoder, dtype=jnp.dtype(config.model.encoder_dtype),
-                          num_blocks=config.model.encoder_blocks)
   keep_idx = dinov2.sample_keep_idx(jax.random.key(1), b * f, n, config.model.token_drop)
   kept = keep_idx.shape[1]
   inputs = {"kept tokens": (b * f, keep_idx), "full frames": (b, None)}
-  records, original = [], dinov2.dot_product_attention
-  try:
-    for name in ATTENTION_VARIANTS:
-      dinov2.dot_product_attention = _attention_variant(name)
-      for label, (frames, idx) in inputs.items():
-        images = jax.random.normal(jax.random.key(0), (frames, h, w, 3), jnp.float32)
-        fn = jax.jit(lambda p, x, i: encoder.apply({"params": p}, x, i)[0])
-        fn(params, images, idx).block_until_ready()
-        t = statistics.median(timed(lambda: fn(params, images, idx).block_until_ready(),
-                                    repeats))
-        tokens = (kept if idx is not None else n) + prefix
-        records.append(emit({"what": "attention", "variant": name, "frames": label,
-                             "num_frames": frames, "tokens": tokens, "seconds": t,
-                             "attention_flops": 4.0 * frames * blocks * heads * tokens ** 2
-                             * (d // heads)}))
-  finally:
-    dinov2.dot_product_attention = original
+  records = []
+  for name in ATTENTION_VARIANTS:
+    # The variant is the module's attention_fn attribute (as flax's attention modules take).
+    encoder = dinov2.DINOv2(config.model.encoder, dtype=jnp.dtype(config.model.encoder_dtype),
+                            num_blocks=config.model.encoder_blocks,
+                            attention_fn=_attention_variant(name))
+    for label, (frames, idx) in inputs.items():
+      images = jax.random.normal(jax.random.key(0), (frames, h, w, 3), jnp.float32)
+      fn = jax.jit(lambda p, x, i: encoder.apply({"params": p}, x, i)[0])
+      fn(params, images, idx).block_until_ready()
+      t = statistics.median(timed(lambda: fn(params, images, idx).block_until_ready(),
+                                  repeats))
+      tokens = (kept if idx is not None else n) + prefix
+      records.append(emit({"what": "attention", "variant": name, "frames": label,
+                           "num_frames": frames, "tokens": tokens, "seconds": t,
+                           "attention_flops": 4.0 * frames * blocks * heads * tokens ** 2
+                           * (d // heads)}))
   return records
 
 

@@ -19,8 +19,8 @@ import importlib.util, json, os, subprocess, sys, time, hashlib
 import multiprocessing as mp
 import numpy as np
 
-MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-STD = np.array([0.229, 0.224, 0.225], np.float32)
+from solv_jax.models.dinov2 import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+MEAN, STD = np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32)
 
 
 def _gen(args):

@@ -1,7 +1,6 @@
 """Input pipelines (SPEC §6-§8).
 
-  pipeline.py    check_data, preprocess_frames, make_train_iterator, eval_videos,
-                 get_dataset
+  pipeline.py    check_data, preprocess_frames, make_train_iterator, eval_videos
   sources.py     config.data -> TFDS builder + video index (one reading path)
   movi.py        MOVi-E from Kubric's TFDS release (gs://kubric-public/tfds)
   convert.py     YTVIS19 / DAVIS17 raw layouts -> TFDS records (tools/convert_*.py)

@@ -52,9 +52,8 @@ import numpy as np
 
 from solv_jax.data import sources
 from solv_jax.data import synthetic
+from solv_jax.models.dinov2 import IMAGENET_MEAN, IMAGENET_STD  # SPEC §1
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 YTVIS_EVAL_RANGE = (600, 900)  # videos of train.json used by the authors
 
 
@@ -611,12 +610,3 @@ def check_data(config, mode: str = "train_and_eval") -> str:
     spec = eval_split_spec(data_config, source)
     parts.append(f"eval {spec} ({_num_videos(source, spec)} videos)")
   return f"{name} at {source.path}: " + ", ".join(parts)
-
-
-def get_dataset(config, mode: str = "train", **kwargs):
-  """'train' -> make_train_iterator(config, **kwargs); 'eval' -> eval_videos."""
-  if mode == "train":
-    return make_train_iterator(config, **kwargs)
-  if mode == "eval":
-    return eval_videos(config, **kwargs)
-  raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}.")

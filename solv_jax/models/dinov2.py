@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -120,10 +120,14 @@ def interpolate_pos_embed(pos_embed: jax.Array, grid_hw: tuple[int, int], *,
 
 
 def num_kept_tokens(num_tokens: int, drop_ratio: float) -> int:
-  """N' = int(N * (1 - r)), at least 1: the patch tokens a frame keeps under token drop."""
+  """N' = int(N * (1 - r)): the patch tokens a frame keeps under token drop (SPEC §1). The one
+  rule: a ratio that keeps none is an error here and in the config check alike."""
   if not 0.0 <= drop_ratio < 1.0:
     raise ValueError(f"token drop ratio must be in [0, 1), got {drop_ratio}.")
-  return max(int(num_tokens * (1.0 - drop_ratio)), 1)
+  kept = int(num_tokens * (1.0 - drop_ratio))
+  if kept < 1:
+    raise ValueError(f"token drop ratio {drop_ratio} keeps no token of the {num_tokens}.")
+  return kept
 
 
 def ffn_hidden(embed_dim: int, ffn: str) -> int:
@@ -176,6 +180,9 @@ def dot_product_attention(q, k, v):
 class Attention(nn.Module):
   num_heads: int
   dtype: Any = jnp.float32
+  # (q, k, v) -> out, all (B, T, H, Dh); a variant (e.g. jax.nn.dot_product_attention) is
+  # passed down from DINOv2(attention_fn=...), as flax's own attention modules take one.
+  attention_fn: Callable = dot_product_attention
 
   @nn.compact
   def __call__(self, x):  # (B, T, D)
@@ -184,7 +191,7 @@ class Attention(nn.Module):
     # Official layout: [q | k | v] along the output axis, each head-contiguous.
     qkv = qkv.reshape(b, t, 3, self.num_heads, d // self.num_heads)  # (B, T, 3, H, Dh)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    x = dot_product_attention(q, k, v)  # (B, T, H, Dh)
+    x = self.attention_fn(q, k, v)  # (B, T, H, Dh)
     return nn.Dense(d, dtype=self.dtype, kernel_init=_trunc_normal, name="proj")(
         x.reshape(b, t, d))
 
@@ -219,12 +226,14 @@ class Block(nn.Module):
   ffn: str = "mlp"
   layerscale_init: float = 1e-5
   dtype: Any = jnp.float32
+  attention_fn: Callable = dot_product_attention
 
   @nn.compact
   def __call__(self, x):  # (B, T, D), pre-norm with LayerScale on both branches
     norm = functools.partial(nn.LayerNorm, epsilon=1e-6, dtype=self.dtype)
     x = x + LayerScale(self.layerscale_init, name="ls1")(
-        Attention(self.num_heads, self.dtype, name="attn")(norm(name="norm1")(x)))
+        Attention(self.num_heads, self.dtype, self.attention_fn, name="attn")(
+            norm(name="norm1")(x)))
     ffn = Mlp if self.ffn == "mlp" else SwiGLUFFN
     x = x + LayerScale(self.layerscale_init, name="ls2")(
         ffn(self.dtype, name="mlp")(norm(name="norm2")(x)))
@@ -249,6 +258,7 @@ class DINOv2(nn.Module):
   dtype: Any = jnp.float32
   layerscale_init: float = 1e-5
   num_blocks: int = 0
+  attention_fn: Callable = dot_product_attention  # (q, k, v) -> out, (B, T, H, Dh) each
 
   @nn.compact
   def __call__(self, images, keep_idx=None, *, drop_ratio: float = 0.0, normed: bool = False):
@@ -297,7 +307,7 @@ class DINOv2(nn.Module):
                        f"got {self.num_blocks}.")
     for i in range(self.num_blocks or depth):
       x = Block(cfg["num_heads"], cfg["ffn"], self.layerscale_init, self.dtype,
-                name=f"blocks_{i}")(x)
+                self.attention_fn, name=f"blocks_{i}")(x)
     if normed:
       x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm")(x)
     else:  # create the params anyway so every checkpoint has the same tree

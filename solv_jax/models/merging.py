@@ -19,28 +19,12 @@ on real-valued slots.
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 BACKENDS = ("device", "host")
-
-
-# ----------------------------------------------------------------------------------------------
-# Merge schedule (App. B.3): merge a sample with probability ln(epoch + 1) / ln(E).
-# ----------------------------------------------------------------------------------------------
-def merge_probability(epoch, num_epochs: float):
-  """p(epoch) = ln(epoch + 1) / ln(E): 0 in the first epoch, 1 in the last (epoch = E - 1).
-
-  `epoch` counts from 0 and may be fractional (e.g. step / steps_per_epoch) or traced;
-  the result is clipped to [0, 1]. With E <= 1 every sample merges.
-  """
-  if num_epochs <= 1:
-    return jnp.ones_like(jnp.asarray(epoch, jnp.float32))
-  p = jnp.log(jnp.asarray(epoch, jnp.float32) + 1.0) / math.log(num_epochs)
-  return jnp.clip(p, 0.0, 1.0)
 
 
 def sample_merge_mask(rng: jax.Array, batch: int, merge_prob) -> jax.Array:
