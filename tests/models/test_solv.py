@@ -16,13 +16,10 @@ N = 12
 
 
 def model_config(**overrides):
-  """config.model with the contract's keys (configs/base.py values), tiny sizes."""
-  c = ml_collections.ConfigDict(dict(
-      encoder="vitb14", encoder_weights="", encoder_dtype="float32", num_slots=8,
-      slot_dim=128, slot_iters=3, token_drop=0.5, spatial_binding="invariant",
-      temporal_binding=True, merge=True, merge_threshold=0.12, merge_backend="device",
-      clamp_scales=False, delta=5.0, decoder_hidden=1024, decoder_layers=5,
-      temporal_layers=3, temporal_heads=8, dropout=0.1))
+  """config.model of the schema (configs/base.py: the paper's YTVIS19 values), overridden."""
+  from configs import base
+  c = base.get_config().model
+  assert (c.encoder, c.num_slots, c.slot_dim, c.decoder_hidden) == ("vitb14", 8, 128, 1024)
   c.update(overrides)
   return c
 
