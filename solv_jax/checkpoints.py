@@ -151,15 +151,16 @@ class Checkpoints:
     src = os.path.join(self.directory, str(step))
     dst = os.path.join(self.directory, REJECTED, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
     message = f"checkpoint {src} is damaged ({reason})"
+    # Multi-process: every process has looked at the step before process 0 moves it (so that
+    # none reads a half-moved folder), and sees the same steps after.
+    _sync_processes(f"solv_jax.checkpoints reject {step}: found")
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(dst), exist_ok=True)
       shutil.move(src, dst)
       if os.path.exists(self._manifest_path(step)):
         shutil.move(self._manifest_path(step), dst + ".manifest.json")
       print(f"warning: {message}; moved it to {dst} and using an older one.", flush=True)
-    if jax.process_count() > 1:  # the move is done: every process sees the same steps now
-      from jax.experimental import multihost_utils
-      multihost_utils.sync_global_devices(f"solv_jax.checkpoints reject {step}")
+    _sync_processes(f"solv_jax.checkpoints reject {step}: moved")
     self.manager.reload()
 
   def abstract_state(self, step: int, shardings=None):
@@ -201,7 +202,12 @@ class Checkpoints:
       except Exception:  # noqa: BLE001 - orbax raises many types for unreadable metadata
         meta_ok = False
       if meta_ok and abstract_state is not None:
-        self._check_shapes(s, abstract_state)
+        try:
+          self._check_shapes(s, abstract_state)
+        except ShapeMismatchError:
+          raise
+        except Exception:  # noqa: BLE001 - unreadable array metadata: a damaged step
+          meta_ok = False
       problem = None if meta_ok else "its metadata cannot be read"
       problem = problem or self._verify(s)
       if problem is None:
@@ -231,6 +237,13 @@ class Checkpoints:
   def close(self) -> None:
     self.wait()
     self.manager.close()
+
+
+def _sync_processes(name: str) -> None:
+  """A barrier of all processes of a multi-process run (nothing in a single process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
 
 
 def restore_params(workdir: str, step: int | None = None):

@@ -504,7 +504,7 @@ def davis_j_and_f(pred_ids: np.ndarray, gt: np.ndarray,
     gt: (T, H, W) int ground truth, 0 background, 1.. objects, negative void.
     bound_th: boundary tolerance (fraction of the diagonal, or pixels when >= 1).
   """
-  pred_ids, gt = np.asarray(pred_ids), np.asarray(gt)
+  pred_ids, gt = np.asarray(pred_ids).astype(np.int64), np.asarray(gt).astype(np.int64)
   return _davis_j_and_f(contingency(pred_ids, gt), pred_ids, gt, bound_th)
 
 
@@ -632,7 +632,9 @@ def evaluate_video(pred_ids: np.ndarray, gt: np.ndarray, j_and_f: bool = True) -
       "best_overlaps": overlaps,
   }
   if j_and_f:
-    stats = _davis_j_and_f(c, np.asarray(pred_ids), np.asarray(gt)).stats
+    # Signed ids: the boundary code subtracts 1 from labels (uint8 ground truth would wrap).
+    stats = _davis_j_and_f(c, np.asarray(pred_ids).astype(np.int64),
+                           np.asarray(gt).astype(np.int64)).stats
     result.update(_davis_summary(stats), davis_stats=stats)
   return result
 

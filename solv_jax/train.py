@@ -154,8 +154,8 @@ def train(config, workdir: str, stop_at: int | None = None, *, model: SOLV | Non
         scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
         scalars["lr"] = float(schedule(step - 1))
         scalars["nonfinite_updates"] = int(state.num_nonfinite)
-        scalars.update(console(step, scalars))
-        writer.write_scalars(step, scalars)
+        rate = console(step, scalars)  # steps/s: to TensorBoard, not to metrics.jsonl,
+        writer.write_scalars(step, {**scalars, **rate})  # which a resumed run reproduces
         if jax.process_index() == 0:
           with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
             f.write(json.dumps({"step": step, **scalars}) + "\n")
