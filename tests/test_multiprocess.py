@@ -35,6 +35,8 @@ import time
 import numpy as np
 import pytest
 
+from tests.test_train import _assert_bitwise_equal, _params
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 6
 RUN_TIMEOUT = 420  # seconds, for one run of the tiny config (compiling, on a busy machine)
@@ -154,20 +156,6 @@ def runs(tmp_path_factory):
   r.two_run = _Launch(r.env, _main_args(r.data_dir, r.two))
   assert r.two_run.finish() == 0, r.two_run.tail()
   return r
-
-
-def _params(workdir, step=None):
-  from solv_jax import checkpoints
-  return checkpoints.restore_params(workdir, step)
-
-
-def _assert_bitwise_equal(a, b):
-  import jax
-  flat_a, flat_b = (jax.tree_util.tree_leaves_with_path(x) for x in (a, b))
-  assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
-  for (path, x), (_, y) in zip(flat_a, flat_b):
-    assert np.asarray(x).dtype == np.asarray(y).dtype
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
 
 
 def _metric_rows(workdir):
