@@ -3,12 +3,16 @@
 Every config file takes an optional argument string of comma-separated key=value pairs,
 e.g. `--config=configs/ytvis19.py:model=C,slots=12,encoder=vits14,drop=0.3`:
   model    Table 3 component ablation: A (vanilla SA), B (+merge), C (+temporal binding),
-           D (ISA + merge), E (full SOLV, default)
-  slots    number of slots K (Table 4)
-  merge    0/1 to switch slot merging off/on (Table 4)
-  encoder  DINOv2 variant: vits14, vitb14, vitl14, vitg14 and *_reg (Table 5)
-  drop     token drop ratio (Fig. 7)
+           D (ISA + merge), E (full SOLV, default); sets model.spatial_binding_type,
+           model.use_temporal_binding and model.use_merge
+  slots    number of slots K (Table 4): model.num_slots
+  merge    0/1 to switch slot merging off/on (Table 4): model.use_merge
+  encoder  DINOv2 variant: vits14, vitb14, vitl14, vitg14 and *_reg (Table 5):
+           model.encoder_variant
+  drop     token drop ratio (Fig. 7): model.token_drop
 """
+import re
+
 import ml_collections
 
 # Paper Table 3: (merge, invariant spatial binding, temporal binding).
@@ -46,6 +50,11 @@ def get_config(arg=None, recipe=None):
   # XLA:CPU's YNNPACK fusions off, so that its dots run on Eigen: the YTVIS19 step on the
   # 2-core CPU takes 9.8 s instead of 11.0 s (BENCHMARKS.md). CPU-only; GPU/TPU ignore it.
   config.xla_flags = "--xla_cpu_experimental_ynn_fusion_type="
+  # Applied by the same entry points: freed host memory stays in the process for reuse
+  # (glibc malloc settings, solv_jax/sharding.keep_host_memory), so XLA:CPU's per-step
+  # temporaries are not faulted in afresh each step (YTVIS19 CPU step 13.6 s instead of
+  # 14.7 s, BENCHMARKS.md). No effect where an accelerator plugin is installed.
+  config.keep_host_memory = True
 
   config.data = ml_collections.ConfigDict(dict(
       name="ytvis19",            # synthetic | movi_e | ytvis19 | davis17
@@ -61,8 +70,10 @@ def get_config(arg=None, recipe=None):
       synthetic=ml_collections.ConfigDict(),  # generator settings (synthetic dataset only)
   ))
 
+  # SOLV's fields (solv_jax/models/solv.py) under their own names, and encoder_weights
+  # (read by solv_jax/models/build.py).
   config.model = ml_collections.ConfigDict(dict(
-      encoder="vitb14",
+      encoder_variant="vitb14",  # DINOv2 variant: vits14 | vitb14 | vitl14 | vitg14 (+ _reg)
       encoder_weights="",        # converted params file (tools/convert_dinov2.py); '' = random
       encoder_dtype="float32",   # float32 | bfloat16 (DINOv2 forward only)
       compute_dtype="float32",   # float32 | bfloat16: trainable per-token layers (params f32)
@@ -71,9 +82,9 @@ def get_config(arg=None, recipe=None):
       slot_dim=128,
       slot_iters=3,
       token_drop=0.5,
-      spatial_binding="invariant",  # invariant | vanilla
-      temporal_binding=True,
-      merge=True,
+      spatial_binding_type="invariant",  # invariant (ISA) | vanilla (slot attention)
+      use_temporal_binding=True,
+      use_merge=True,
       merge_threshold=0.12,
       merge_backend="device",    # device | host
       clamp_scales=False,        # clamp ISA scales to [0.001, 2] (Biza et al.); off = authors
@@ -113,23 +124,56 @@ def get_config(arg=None, recipe=None):
     recipe(config)
   if args.model:
     merge, invariant, temporal = TABLE3[args.model]
-    config.model.spatial_binding = "invariant" if invariant else "vanilla"
-    config.model.temporal_binding = temporal
-    config.model.merge = merge
+    config.model.spatial_binding_type = "invariant" if invariant else "vanilla"
+    config.model.use_temporal_binding = temporal
+    config.model.use_merge = merge
   if args.slots:
     config.model.num_slots = args.slots
   if args.merge >= 0:
-    config.model.merge = bool(args.merge)
+    config.model.use_merge = bool(args.merge)
   if args.encoder:
-    config.model.encoder = args.encoder
+    config.model.encoder_variant = args.encoder
   if args.drop >= 0:
     config.model.token_drop = args.drop
   return config
 
 
+# Keys renamed since configs were first saved: old name -> new name. upgrade() reads saved
+# configs with the old names; an override or key with an old name is an error naming the new.
+RENAMED = {
+    "model.encoder": "model.encoder_variant",
+    "model.spatial_binding": "model.spatial_binding_type",
+    "model.temporal_binding": "model.use_temporal_binding",
+    "model.merge": "model.use_merge",
+}
+
+
+def renamed_override(argv) -> str | None:
+  """The one-line error for the first --config.* override in argv that uses an old key name
+  (RENAMED), naming the new one; None if there is none."""
+  for arg in argv:
+    match = re.match(r"(-{1,2}(?:no)?config\.)([^=]+)(=.*)?$", arg)
+    if match and match[2] in RENAMED:
+      prefix, key, value = match[1], match[2], match[3] or ""
+      return (f"{prefix}{key}: config.{key} was renamed to config.{RENAMED[key]}; pass "
+              f"{prefix}{RENAMED[key]}{value} instead.")
+  return None
+
+
+def renamed(saved: dict) -> dict:
+  """A copy of a saved config dict with the keys of RENAMED under their new names."""
+  saved = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}
+  for old, new in RENAMED.items():
+    (section, old_key), new_key = old.split("."), new.split(".")[1]
+    if old_key in saved.get(section, {}):
+      saved[section].setdefault(new_key, saved[section].pop(old_key))
+  return saved
+
+
 def upgrade(saved: dict) -> ml_collections.ConfigDict:
   """A config saved by an earlier version (a workdir's config.json, an export's __config__)
-  on this schema: keys added since then take their defaults here, the saved values win."""
+  on this schema: renamed keys take their new names, keys added since then take their
+  defaults here, the saved values win."""
   def merge(defaults: dict, values: dict) -> dict:
     out = dict(defaults)
     for key, value in values.items():
@@ -138,7 +182,7 @@ def upgrade(saved: dict) -> ml_collections.ConfigDict:
       else:
         out[key] = value
     return out
-  return ml_collections.ConfigDict(merge(get_config().to_dict(), saved))
+  return ml_collections.ConfigDict(merge(get_config().to_dict(), renamed(saved)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -167,7 +211,9 @@ def validate(config) -> None:
       name = f"{prefix}.{key}"
       if key not in ref:
         close = difflib.get_close_matches(key, list(ref.keys()), n=1)
-        hint = (f"did you mean {prefix}.{close[0]}?" if close else
+        renamed = RENAMED.get(name[len("config."):])
+        hint = (f"renamed to config.{renamed}" if renamed else
+                f"did you mean {prefix}.{close[0]}?" if close else
                 f"known keys of {prefix}: {sorted(ref.keys())}")
         problems.append(f"{name} is not a config key ({hint}).")
       elif (name not in FREE_FORM and hasattr(ref[key], "keys")
@@ -196,17 +242,17 @@ def validate(config) -> None:
           f"--config.data.resolution='{fit}'.")
   check(d.num_context >= 0, "data.num_context", d.num_context,
         "the window t-n..t+n needs n >= 0 (2 in the paper).")
-  check(m.encoder in dinov2.VARIANTS, "model.encoder", m.encoder,
+  check(m.encoder_variant in dinov2.VARIANTS, "model.encoder_variant", m.encoder_variant,
         f"not a DINOv2 variant; choose one of {sorted(dinov2.VARIANTS)}.")
   check(m.encoder_dtype in ("float32", "bfloat16"), "model.encoder_dtype", m.encoder_dtype,
         "must be 'float32' or 'bfloat16'.")
   check(m.compute_dtype in ("float32", "bfloat16"), "model.compute_dtype", m.compute_dtype,
         "must be 'float32' or 'bfloat16'.")
-  if m.encoder in dinov2.VARIANTS:
-    depth = dinov2.VARIANTS[m.encoder]["depth"]
+  if m.encoder_variant in dinov2.VARIANTS:
+    depth = dinov2.VARIANTS[m.encoder_variant]["depth"]
     blocks = m.encoder_blocks
     check(0 <= blocks <= depth, "model.encoder_blocks", blocks,
-          f"must be 0 (all blocks) or 1..{depth} for {m.encoder}.")
+          f"must be 0 (all blocks) or 1..{depth} for {m.encoder_variant}.")
   check(m.num_slots >= 1, "model.num_slots", m.num_slots,
         "needs at least 1 slot (8 for YTVIS, 18 for MOVi-E in the paper).")
   check(m.slot_iters >= 1, "model.slot_iters", m.slot_iters, "needs >= 1 iteration (3).")
@@ -219,13 +265,13 @@ def validate(config) -> None:
     except ValueError:
       check(False, "model.token_drop", m.token_drop,
             f"keeps no token of the {tokens} at resolution {res}; lower it.")
-  check(m.spatial_binding in ("invariant", "vanilla"), "model.spatial_binding",
-        m.spatial_binding, "must be 'invariant' or 'vanilla'.")
+  check(m.spatial_binding_type in ("invariant", "vanilla"), "model.spatial_binding_type",
+        m.spatial_binding_type, "must be 'invariant' or 'vanilla'.")
   check(m.merge_backend in BACKENDS, "model.merge_backend", m.merge_backend,
         f"must be one of {BACKENDS}.")
   check(m.param_init in ("torch", "flax"), "model.param_init", m.param_init,
         "must be 'torch' (the authors' PyTorch initialisation) or 'flax' (Flax's defaults).")
-  if m.temporal_binding:
+  if m.use_temporal_binding:
     check(m.temporal_heads >= 1 and m.slot_dim % m.temporal_heads == 0,
           "model.temporal_heads", m.temporal_heads,
           f"must divide config.model.slot_dim = {m.slot_dim}.")

@@ -15,7 +15,7 @@ def recipe(config):
   config.data.name = config.data.tfds_name = "davis17"
   config.data.train_split = "train"
   config.data.eval_split = "val"
-  config.model.merge = False  # an argument merge=1 or model=X turns it back on
+  config.model.use_merge = False  # an argument merge=1 or model=X turns it back on
   config.train.learning_rate = 1e-4
   config.train.num_steps = 40_000
   config.train.num_epochs = 300

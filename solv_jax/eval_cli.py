@@ -11,8 +11,8 @@ The model is always the checkpoint's: its config.model, at its config.data.resol
 num_context. The data are the checkpoint's own config.data, unless --config is given: then
 config.data and config.eval come from that config file (with its --config.* overrides). A
 --config that would change the resolution, the window (num_context) or any param shape is
-refused; other differences in its model section (e.g. model.merge=False of configs/davis17.py)
-are listed and ignored.
+refused; other differences in its model section (e.g. model.use_merge=False of
+configs/davis17.py) are listed and ignored.
 
 The protocol is `evaluate.evaluate` (SPEC §7), the one the end of training runs. Written to
 --out (default WORKDIR/eval for a workdir; required for an .npz): results.json with every
@@ -179,6 +179,15 @@ def _flags(argv: list[str]):
   return fv
 
 
+def _refuse_renamed(argv: list[str]) -> None:
+  """An override with a key's old name (configs/base.py's RENAMED) ends in one line naming
+  the new name."""
+  from configs import base
+  message = base.renamed_override(argv)
+  if message:
+    raise EvalError(message) from None
+
+
 def _parse(argv: list[str]):
   """-> parsed FlagValues; raises EvalError (one line) for a bad command line."""
   from absl import flags
@@ -192,6 +201,7 @@ def _parse(argv: list[str]):
                         "configs/davis17.py).")
       fv.config.keys()  # a config file that failed to load raises here, not at parse time
   except flags.Error as e:
+    _refuse_renamed(argv)
     text = str(e).strip()
     if "Traceback" in text:  # the config file raised: its own message is the last line
       last = text.splitlines()[-1]
@@ -200,6 +210,7 @@ def _parse(argv: list[str]):
       text += ": --config.* overrides need --config=FILE (e.g. --config=configs/davis17.py)"
     raise EvalError(_one_line(text)) from None
   except (AttributeError, KeyError, TypeError, OSError) as e:  # an override or the file
+    _refuse_renamed(argv)
     text = str(e).strip("'\"")
     for arg in (a for a in argv if a.startswith("--config.")):
       key = arg[len("--config."):].split("=", 1)[0]

@@ -18,6 +18,11 @@ def _upgrade(saved: dict):
   return base.upgrade(saved)
 
 
+def _renamed(saved: dict) -> dict:
+  from configs import base
+  return base.renamed(saved)
+
+
 def _flat(tree, prefix):
   return {f"{prefix}/" + "/".join(k): np.asarray(v)
           for k, v in traverse_util.flatten_dict(tree).items()}
@@ -87,7 +92,7 @@ def save_config(workdir: str, config) -> list[str]:
   if os.path.exists(path):
     with open(path) as f:
       try:
-        changes = config_changes(json.load(f), json.loads(text))
+        changes = config_changes(_renamed(json.load(f)), json.loads(text))
       except ValueError:  # unreadable: nothing to compare against
         changes = ["config.json: unreadable -> rewritten"]
   with open(path, "w") as f:

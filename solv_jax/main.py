@@ -198,9 +198,10 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:  # orbax and TFDS log every file at INFO
     logging.set_verbosity(logging.WARNING)
   workdir = flags.FLAGS.workdir or _default_workdir()
-  # Before JAX opens a backend: the XLA flags, then the multi-process runtime.
+  # Before JAX opens a backend: the XLA flags, host memory, then the multi-process runtime.
   from solv_jax import sharding
   sharding.apply_xla_flags(config.get("xla_flags", ""))
+  sharding.keep_host_memory(config.keep_host_memory)
   if config.train.distributed:
     initialize_distributed()
   from solv_jax import train
@@ -225,9 +226,11 @@ def parse_flags(argv):
     if "Traceback" in text:  # the config file raised: its own message is the last line
       last = text.splitlines()[-1]
       text = "--config: " + (last.split(": ", 1)[1] if ": " in last else last)
-    print(f"error: {text} (--help lists the flags)", file=sys.stderr)
+    message = f"{text} (--help lists the flags)"
   except (AttributeError, KeyError, ValueError, TypeError) as e:
-    print(f"error: {_config_flag_error(argv, e)}", file=sys.stderr)
+    message = _config_flag_error(argv, e)
+  from configs import base
+  print(f"error: {base.renamed_override(argv[1:]) or message}", file=sys.stderr)
   sys.exit(2)
 
 

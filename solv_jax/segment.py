@@ -365,7 +365,7 @@ def load_model(checkpoint: str, resolution: tuple[int, int] | None = None, *,
   segmenter = evaluate.VideoSegmenter(model, params, batch_windows=config.eval.batch_windows)
   info = dict(checkpoint=os.path.abspath(checkpoint), kind=kind, step=step,
               resolution=list(trained), token_grid=list(model.grid_hw),
-              num_slots=int(config.model.num_slots), encoder=str(config.model.encoder),
+              num_slots=int(config.model.num_slots), encoder=str(config.model.encoder_variant),
               encoder_weights=str(encoder_source), device=str(jax.devices()[0].platform))
   return LoadedModel(config, segmenter, info)
 

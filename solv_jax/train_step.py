@@ -96,7 +96,7 @@ def count_params(tree) -> int:
 def make_train_step(model: SOLV, tx, config):
   """(state, encoder_params, batch, rng) -> (state, metrics); jit it with shardings."""
   num_steps, num_epochs = config.train.num_steps, config.train.num_epochs
-  merge_on = bool(config.model.merge)
+  merge_on = bool(config.model.use_merge)
 
   def step_fn(state: TrainState, frozen, batch, rng):
     rng = jax.random.fold_in(rng, state.step)

@@ -234,6 +234,15 @@ def test_bad_inputs_fail_with_one_line_naming_the_file(model, tmp_path, capsys):
   assert "--checkpoint is required" in _one_line_error(capsys)
 
 
+def test_config_override_with_an_old_key_name_names_the_new_one(tmp_path, capsys):
+  assert eval_cli.main([f"--checkpoint={tmp_path}", f"--config={TINY}",
+                        "--config.model.spatial_binding=vanilla"]) == 2
+  assert _one_line_error(capsys) == (
+      "error: --config.model.spatial_binding: config.model.spatial_binding was renamed to "
+      "config.model.spatial_binding_type; pass --config.model.spatial_binding_type=vanilla "
+      "instead. (--help lists the flags)")
+
+
 def test_non_empty_out_is_refused_unless_overwrite(model, tmp_path, capsys):
   workdir = model[0]
   out = tmp_path / "out"

@@ -130,6 +130,20 @@ def test_unknown_config_override_fails_clearly(tmp_path):
   assert "batch_sizee" in res.stderr
 
 
+def test_config_override_with_an_old_key_name_names_the_new_one(tmp_path):
+  import subprocess
+  import sys
+  res = subprocess.run([sys.executable, "-m", "solv_jax.main", "--config=configs/demo.py",
+                        "--config.model.merge=False", f"--workdir={tmp_path}"],
+                       capture_output=True, text=True, timeout=300,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert res.returncode == 2
+  assert res.stderr.strip().splitlines() == [
+      "error: --config.model.merge: config.model.merge was renamed to config.model.use_merge; "
+      "pass --config.model.use_merge=False instead."]
+  assert not os.listdir(tmp_path)
+
+
 def test_save_config_reports_what_changed_since_the_stored_config(tmp_path):
   from configs import demo
   config = demo.get_config()

@@ -1,5 +1,6 @@
 """config.xla_flags: merged into XLA_FLAGS before JAX starts, the user's own flags first."""
 import os
+import resource
 import subprocess
 import sys
 
@@ -69,3 +70,36 @@ def test_recipes_set_the_flag_and_the_demo_does_not():
   assert base.get_config().xla_flags == YNN_OFF
   assert demo.get_config().xla_flags == ""
   base.validate(demo.get_config())
+
+
+KEEP_HOST_MEMORY = """
+import ctypes, resource, sys
+from solv_jax import sharding
+kept = sharding.keep_host_memory(sys.argv[1] == "on")
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+size, faults = 64 * 2**20, []
+for _ in range(3):  # a 64 MiB block written, freed, allocated again, as XLA:CPU's temporaries
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  block = libc.malloc(size)
+  ctypes.memset(block, 1, size)
+  libc.free(block)
+  faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(kept, faults[-1])
+"""
+
+
+def test_keep_host_memory_reuses_freed_blocks_instead_of_faulting_them_in_again():
+  pages = 64 * 2**20 // resource.getpagesize()
+
+  def run(mode):
+    out = subprocess.run([sys.executable, "-c", KEEP_HOST_MEMORY, mode], cwd=REPO,
+                         capture_output=True, text=True, timeout=120, check=True)
+    kept, faults = out.stdout.split()
+    return kept, int(faults)
+
+  kept, faults = run("off")
+  assert kept == "False" and faults >= pages  # glibc maps the block anew: every page faults
+  kept, faults = run("on")
+  assert kept == "True" and faults < pages // 20  # the freed block is reused in place

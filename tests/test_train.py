@@ -102,7 +102,7 @@ def test_nonfinite_update_is_not_applied_and_stops_with_the_step():
 
 
 def test_gradients_reach_every_trainable_param_and_not_the_encoder():
-  config = tiny_config(merge=False)
+  config = tiny_config(use_merge=False)
   model, tx, frozen, state = _setup(config)
   batch = _batch(config)
 
@@ -154,7 +154,8 @@ def test_bad_configs_fail_before_anything_is_built(tmp_path):
            ("model", "num_slots", 0, r"num_slots = 0: needs at least 1 slot"),
            ("model", "encoder_blocks", 13, r"encoder_blocks = 13: must be 0 \(all blocks\) "
             r"or 1..12 for vits14"),
-           ("model", "encoder", "vitx14", r"encoder = 'vitx14': not a DINOv2 variant"),
+           ("model", "encoder_variant", "vitx14",
+            r"encoder_variant = 'vitx14': not a DINOv2 variant"),
            ("model", "compute_dtype", "float16", r"compute_dtype = 'float16': must be "
             r"'float32' or 'bfloat16'"),
            ("model", "temporal_heads", 3, r"temporal_heads = 3: must divide "

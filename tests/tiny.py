@@ -5,7 +5,7 @@ from configs import base
 def tiny_config(**model_overrides):
   config = base.get_config()
   config.data.resolution = (42, 56)
-  config.model.encoder = "vits14"
+  config.model.encoder_variant = "vits14"
   config.model.num_slots = 4
   config.model.slot_dim = 16
   config.model.decoder_hidden = 32
@@ -25,6 +25,7 @@ def get_config(arg=None):
   del arg
   config = tiny_config()
   config.data.name = config.data.tfds_name = "synthetic"
+  config.data.train_split = "train"
   config.data.eval_split = "validation"
   config.data.shuffle_buffer = 8
   config.data.synthetic.update(dict(num_train=4, num_validation=1, num_frames=6, height=28,

@@ -80,8 +80,8 @@ def main():
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--skip_synthetic", action="store_true")
   args = parser.parse_args()
+  from configs import ytvis19  # pylint: disable=g-import-not-at-top
   from solv_jax.data import convert, pipeline, synthetic  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
 
   shutil.rmtree(args.workdir, ignore_errors=True)
   out = os.path.join(args.workdir, "tfds")
@@ -97,9 +97,8 @@ def main():
     print(f"convert {kind}: {n} frames in {dt:.1f}s = {n / dt:.1f} frames/s "
           f"(re-run no-op {time.perf_counter() - t:.2f}s)", flush=True)
 
-  cfg = ml_collections.ConfigDict(dict(
-      name="ytvis19", data_dir=out, resolution=(336, 504), num_context=2,
-      train_split="train", eval_split="train", shuffle_buffer=256))
+  cfg = ytvis19.get_config().data  # 336x504, n = 2
+  cfg.update(data_dir=out, train_split="train", shuffle_buffer=256)  # converted: train only
   it = pipeline.make_train_iterator(cfg, args.batch, 0, 1, seed=0)
   t = time.perf_counter()
   next(it)

@@ -58,7 +58,6 @@ def define_flags() -> None:
   flags.DEFINE_string("plot", "", "Write the token-drop sweep as a PNG plot here.")
 
 
-RESULTS: list[dict] = []
 MODES = ("matmul", "step", "merge", "drop", "eval", "flops", "profile", "gemm", "attention",
          "parts")
 # The four parts of the step, as the authors' PyTorch step splits (issue 24).
@@ -72,7 +71,6 @@ def emit(record: dict) -> dict:
   record = {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
             "num_devices": jax.device_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
             **record}
-  RESULTS.append(record)
   line = json.dumps(record)
   print(line, flush=True)
   if flags.FLAGS.out:
@@ -123,7 +121,7 @@ def _dinov2_dims(config):
   from solv_jax.models import dinov2
   from solv_jax.models.build import build_model
   model = build_model(config)
-  v = dinov2.variant_config(config.model.encoder)
+  v = dinov2.variant_config(config.model.encoder_variant)
   return (model, v, config.model.encoder_blocks or v["depth"],
           model.grid_hw[0] * model.grid_hw[1], config.train.batch_size, model.num_frames,
           1 + v["num_registers"])
@@ -160,7 +158,7 @@ def gemm_shapes(config) -> list[dict]:
   ]
 
 
-def gemm_rates(config, rate: float) -> dict:
+def gemm_rates(config, rate: float) -> list[dict]:
   """Times each of `gemm_shapes` alone (float32 on CPU, bf16 elsewhere) and reports the
   FLOP-weighted rate a step made of nothing but these matmuls could reach, as a fraction of
   the square-matmul rate: the utilisation ceiling that XLA's own kernels set for this model."""
@@ -169,6 +167,7 @@ def gemm_rates(config, rate: float) -> dict:
   dtype = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
   f = jax.jit(lambda a, b: jnp.einsum("bmk,bkn->bmn", a, b))
   flops = seconds = 0.0
+  records = []
   for g in gemm_shapes(config):
     a = jax.random.normal(jax.random.key(0), (g["batch"], g["m"], g["k"]), dtype)
     b = jax.random.normal(jax.random.key(1), (g["batch"], g["k"], g["n"]), dtype)
@@ -176,11 +175,11 @@ def gemm_rates(config, rate: float) -> dict:
     t = statistics.median(timed(lambda: f(a, b).block_until_ready(), 7))
     fl = 2.0 * g["batch"] * g["m"] * g["k"] * g["n"]
     flops, seconds = flops + fl * g["count"], seconds + t * g["count"]
-    emit({"what": "gemm", **g, "seconds": t, "flops_per_second": fl / t,
-          "fraction_of_matmul_rate": fl / t / rate})
-  return emit({"what": "gemm_bound", "flops": flops, "seconds": seconds,
-               "flops_per_second": flops / seconds,
-               "fraction_of_matmul_rate": flops / seconds / rate})
+    records.append(emit({"what": "gemm", **g, "seconds": t, "flops_per_second": fl / t,
+                         "fraction_of_matmul_rate": fl / t / rate}))
+  return records + [emit({"what": "gemm_bound", "flops": flops, "seconds": seconds,
+                          "flops_per_second": flops / seconds,
+                          "fraction_of_matmul_rate": flops / seconds / rate})]
 
 
 def _flops(cost) -> float:
@@ -235,7 +234,8 @@ def bench_attention(config, repeats: int = 5) -> list[dict]:
   records = []
   for name in ATTENTION_VARIANTS:
     # The variant is the module's attention_fn attribute (as flax's attention modules take).
-    encoder = dinov2.DINOv2(config.model.encoder, dtype=jnp.dtype(config.model.encoder_dtype),
+    encoder = dinov2.DINOv2(config.model.encoder_variant,
+                            dtype=jnp.dtype(config.model.encoder_dtype),
                             num_blocks=config.model.encoder_blocks,
                             attention_fn=_attention_variant(name))
     for label, (frames, idx) in inputs.items():
@@ -277,7 +277,7 @@ def bench_parts(config, repeats: int) -> list[dict]:
   b, f, (h, w) = config.train.batch_size, model.num_frames, config.data.resolution
   video = jnp.asarray(np.random.default_rng(0).normal(size=(b, f, h, w, 3)), jnp.float32)
   frame_mask = jnp.ones((b, f), bool)
-  merge_prob = 1.0 if config.model.merge else 0.0
+  merge_prob = 1.0 if config.model.use_merge else 0.0
   drop, key = config.model.token_drop, jax.random.key(0)
 
   target = jax.jit(lambda p, v: model.apply({"params": {"encoder": p}}, v[:, f // 2],
@@ -317,18 +317,21 @@ def bench_parts(config, repeats: int) -> list[dict]:
   seconds["backward_and_optimizer"] = (seconds.pop("forward_backward_optimizer")
                                        - seconds["trainable_forward"])
   total = sum(seconds.values())
+  # The loss the parts compute, for checking them against the model's own forward.
+  value = float(forward(trainable, feats, keep_idx, tgt))
   return [emit({"what": "part", "part": name, "seconds": seconds[name],
                 "share": seconds[name] / total, "batch_size": b, "resolution": [h, w],
-                "token_drop": drop}) for name in PARTS_OF_STEP]
+                "token_drop": drop, "loss": value}) for name in PARTS_OF_STEP]
 
 
 def bench_step(config, label: str, rate: float | None, flops_only: bool = False,
-               profile: bool = False, time_steps: bool = True, **extra) -> dict:
-  """Times the jit'd train step. FLOPs come from XLA's cost analysis of the step's HLO before
-  backend optimisation: the compiled executable's own analysis leaves out library calls
-  (cuBLAS/cuDNN GEMMs on GPU), so it undercounts there. flops_only: lower, count, stop.
-  profile: also trace the same compiled step (`profile_step`) and return that record,
-  with time_steps=False instead of timing it."""
+               profile: bool = False, time_steps: bool = True, **extra) -> list[dict]:
+  """Times the jit'd train step; returns its record, then the profile's record if asked.
+  FLOPs come from XLA's cost analysis of the step's HLO before backend optimisation: the
+  compiled executable's own analysis leaves out library calls (cuBLAS/cuDNN GEMMs on GPU), so
+  it undercounts there. flops_only: lower, count, stop.
+  profile: also trace the same compiled step (`profile_step`); with time_steps=False, trace
+  it instead of timing it (the profile's record only)."""
   import jax
   import numpy as np
   from solv_jax import sharding, train_step
@@ -357,11 +360,11 @@ def bench_step(config, label: str, rate: float | None, flops_only: bool = False,
     record = {"what": label, "batch_size": b, "resolution": [h, w],
               "token_drop": config.model.token_drop, "flops_per_step": flops,
               "lower_seconds": time.perf_counter() - t0}
-    return emit(record)
+    return [emit(record)]
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
   if profile and not time_steps:
-    return profile_step(compiled, state, frozen, batch, key, label, flops, rate)
+    return [profile_step(compiled, state, frozen, batch, key, label, flops, rate)]
   compiled_flops = _flops(compiled.cost_analysis())
   mem_stats = compiled.memory_analysis()
   xla_bytes = None if mem_stats is None else int(
@@ -376,7 +379,7 @@ def bench_step(config, label: str, rate: float | None, flops_only: bool = False,
   mem, mem_kind = peak_memory_bytes()
   record = {"what": label, "batch_size": b, "resolution": [h, w],
             "num_slots": config.model.num_slots, "token_drop": config.model.token_drop,
-            "merge": bool(config.model.merge), "merge_backend": config.model.merge_backend,
+            "merge": bool(config.model.use_merge), "merge_backend": config.model.merge_backend,
             "encoder_dtype": config.model.encoder_dtype,
             "compute_dtype": config.model.compute_dtype, "step_seconds": t,
             "step_seconds_all": times, "clips_per_second": b / t, "compile_seconds": compile_s,
@@ -391,10 +394,10 @@ def bench_step(config, label: str, rate: float | None, flops_only: bool = False,
             "system_cpu_seconds_per_step": (after.ru_stime - usage.ru_stime) / len(times),
             "minor_page_faults_per_step": (after.ru_minflt - usage.ru_minflt) / len(times),
             **extra}
-  record = emit(record)
+  records = [emit(record)]
   if profile:  # the same executable: no second compile (a minute on a GPU)
-    return profile_step(compiled, run.state(), frozen, batch, key, label, flops, rate)
-  return record
+    records.append(profile_step(compiled, run.state(), frozen, batch, key, label, flops, rate))
+  return records
 
 
 # Model parts, as they appear in the HLO op names (Flax module paths); first match wins.
@@ -476,7 +479,7 @@ def profile_step(compiled, state, frozen, batch, key, label: str, flops: float,
                "share_by_part_kind": share(groups["part_kind"]), "top_ops": top})
 
 
-def bench_eval(config) -> None:
+def bench_eval(config) -> list[dict]:
   import jax
   import numpy as np
   from solv_jax import evaluate
@@ -489,15 +492,16 @@ def bench_eval(config) -> None:
   frames = np.random.default_rng(0).normal(size=(flags.FLAGS.eval_frames, h, w, 3)).astype(
       np.float32)
   seg = evaluate.VideoSegmenter(model, params, batch_windows=config.eval.batch_windows)
-  out = {}
+  out, records = {}, []
   for naive in (False, True):
     # Every call is padded to fixed chunk shapes, so one chunk-sized clip compiles all of them.
     seg(frames[: seg.batch_windows], naive=naive)
     t = statistics.median(timed(lambda: seg(frames, naive=naive), flags.FLAGS.eval_repeats))
     out[naive] = t
-    emit({"what": "eval_naive" if naive else "eval", "frames": len(frames),
-          "resolution": [h, w], "seconds": t, "frames_per_second": len(frames) / t})
-  emit({"what": "eval_speedup", "speedup": out[True] / out[False]})
+    records.append(emit({"what": "eval_naive" if naive else "eval", "frames": len(frames),
+                         "resolution": [h, w], "seconds": t,
+                         "frames_per_second": len(frames) / t}))
+  return records + [emit({"what": "eval_speedup", "speedup": out[True] / out[False]})]
 
 
 def plot_sweep(sweep: list[dict], path: str) -> None:
@@ -527,20 +531,24 @@ def main(argv):
   config = flags.FLAGS.config
   from solv_jax import sharding
   sharding.apply_xla_flags(config.get("xla_flags", ""))
+  sharding.keep_host_memory(config.keep_host_memory)
   what = set(flags.FLAGS.what)
   if what - set(MODES):
     raise app.UsageError(f"--what: unknown {sorted(what - set(MODES))}; choose from "
                          f"{', '.join(MODES)}.")
   rate = (matmul_rate() if what & {"matmul", "step", "merge", "drop", "profile", "gemm"}
           else None)
+  results = []  # what the closing table shows
   if "flops" in what:
-    bench_step(config, "train_step_flops", None, flops_only=True)
+    results += bench_step(config, "train_step_flops", None, flops_only=True)
   if "gemm" in what:
-    gemm_rates(config, rate)
+    results += gemm_rates(config, rate)
   if what & {"step", "profile"}:  # one compile: the profile traces the timed executable
-    r = bench_step(config, "train_step", rate, profile="profile" in what,
-                   time_steps="step" in what)
+    records = bench_step(config, "train_step", rate, profile="profile" in what,
+                         time_steps="step" in what)
+    results += records
   if "profile" in what:
+    r = records[-1]
     print("\nTime by part:", r["share_by_part"], "\nby pass:", r["share_by_pass"],
           "\nby kind:", r["share_by_kind"], "\nby part/kind:", r["share_by_part_kind"],
           flush=True)
@@ -552,31 +560,32 @@ def main(argv):
       print(f"Warning: the traced instructions add up to only {r['coverage']:.0%} of the step's "
             f"wall time, so the shares above are of that part only. {why}", flush=True)
   if "attention" in what:
-    bench_attention(config)
+    results += bench_attention(config)
   if "parts" in what:
-    bench_parts(config, flags.FLAGS.steps)
+    results += bench_parts(config, flags.FLAGS.steps)
   if "merge" in what:
     for backend in ("device", "host"):
       c = config.copy_and_resolve_references()
-      c.model.merge, c.model.merge_backend = True, backend
-      bench_step(c, f"train_step_merge_{backend}", rate)
+      c.model.use_merge, c.model.merge_backend = True, backend
+      results += bench_step(c, f"train_step_merge_{backend}", rate)
     c = config.copy_and_resolve_references()
-    c.model.merge = False
-    bench_step(c, "train_step_merge_off", rate)
+    c.model.use_merge = False
+    results += bench_step(c, "train_step_merge_off", rate)
   if "drop" in what:
     sweep = []
     for r in flags.FLAGS.drop_ratios:
       c = config.copy_and_resolve_references()
       c.model.token_drop = float(r)
-      sweep.append(bench_step(c, "drop_sweep", rate))
+      sweep += bench_step(c, "drop_sweep", rate)
+    results += sweep
     if flags.FLAGS.plot:
       plot_sweep(sweep, flags.FLAGS.plot)
   if "eval" in what:
-    bench_eval(config)
+    results += bench_eval(config)
   print("\n| what | step s | clips/s | GFLOP/step | utilisation | peak MiB | XLA step MiB |",
         flush=True)
   print("|---|---|---|---|---|---|---|")
-  for r in RESULTS:
+  for r in results:
     if "step_seconds" in r:
       util = f"{r['utilisation']:.1%}" if r["utilisation"] else "-"
       print(f"| {r['what']} (drop {r['token_drop']}) | {r['step_seconds']:.3f} | "

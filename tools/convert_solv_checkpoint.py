@@ -132,17 +132,17 @@ def build_config(args: dict | None, state: Mapping[str, np.ndarray], encoder_wei
   c, m = config.data, config.model
   c.resolution = tuple(int(r) for r in a["resize_to"])
   c.num_context = int(a["N"])
-  m.encoder = variant
+  m.encoder_variant = variant
   m.encoder_weights = os.path.abspath(encoder_weights)
   m.num_slots = int(a["num_slots"])
   m.slot_dim = int(a["slot_dim"])
   m.slot_iters = int(a["slot_att_iter"])
-  m.merge = bool(a["merge_slots"])
+  m.use_merge = bool(a["merge_slots"])
   m.merge_threshold = float(a["slot_merge_coeff"])
   m.token_drop = float(a["token_drop_ratio"])
   # Fixed in the authors' code: ISA with temporal binding, 3 layers of 8 heads, delta 5, a
   # 5-layer decoder of width 1024 (read off the state dict, so a smaller re-creation converts).
-  m.spatial_binding, m.temporal_binding = "invariant", True
+  m.spatial_binding_type, m.use_temporal_binding = "invariant", True
   m.temporal_layers, m.temporal_heads, m.decoder_layers, m.delta = 3, 8, 5, 5.0
   if "dec.layer1.weight" in state:
     m.decoder_hidden = int(state["dec.layer1.weight"].shape[0])
@@ -312,7 +312,8 @@ def convert(src: str, encoder_weights: str, out: str, resize_to=None) -> tuple:
             traverse_util.flatten_dict(build.trainable_shapes(model)).items()}
   flat = convert_state_dict(state, shapes)
   params = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
-  _, encoder = dinov2.load_params(encoder_weights, expected_variant=config.model.encoder)
+  _, encoder = dinov2.load_params(encoder_weights,
+                                  expected_variant=config.model.encoder_variant)
   export.save_export(out, config, params, encoder)
   return config, sum(int(math.prod(v.shape)) for v in flat.values())
 
@@ -335,7 +336,8 @@ def main(argv=None) -> int:
   m = config.model
   print(f"wrote {args.out}: the authors' SOLV, {count:,} trainable parameters, "
         f"{config.data.resolution[0]}x{config.data.resolution[1]}, {m.num_slots} slots, "
-        f"DINOv2 {m.encoder}, merge {'on' if m.merge else 'off'} ({m.merge_threshold}).")
+        f"DINOv2 {m.encoder_variant}, merge {'on' if m.use_merge else 'off'} "
+        f"({m.merge_threshold}).")
   return 0
 
 

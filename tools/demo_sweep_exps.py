@@ -19,7 +19,7 @@ EXPS = [
     # Longer training: FG-ARI 0.27 / 0.37 / 0.37 / 0.37; k-means 0.36 (2026-11-25, CPU).
     run("recipe_5000", 5000, (1000, 2500, 4000, 5000), km=True),
     # Merging off in training and evaluation.
-    run("recipe_nomerge", 2500, (2500,), **{"model.merge": False}),
+    run("recipe_nomerge", 2500, (2500,), **{"model.use_merge": False}),
     # One colour per video, so only position and motion tell objects apart (2026-11-30):
     # FG-ARI 0.147 / 0.117 at 1000 / 2500 steps, k-means 0.041.
     run("palette1_demo", 2500, (1000, 2500), km=True, data={"palette_size": 1}),

@@ -168,8 +168,7 @@ def _split_list(spec: str) -> list[str]:
 
 def _excluded_videos(data_config, source, split) -> set[int]:
   """Training videos held out so that evaluation is disjoint from training."""
-  if source.name == "ytvis19" and split == "train" and sources.config_value(
-      data_config, "ytvis_eval_subset", "authors") == "disjoint":
+  if source.name == "ytvis19" and split == "train" and data_config.ytvis_eval_subset == "disjoint":
     lo, hi = _ytvis_eval_range(source.num_videos("train"))
     return set(range(lo, hi))
   return set()
@@ -441,16 +440,16 @@ def make_train_iterator(config, local_batch_size: int,
   if seed is None:
     seed = config.get("seed", 0) if data_config is not config else 0
   source = sources.open_source(data_config)
-  splits = _split_list(sources.config_value(data_config, "train_split"))
+  splits = _split_list(data_config.train_split)
   for split in splits:
     source.check_split(split)
   exclude = {s: _excluded_videos(data_config, source, s) for s in splits}
   return TrainIterator(
       source, splits=splits,
-      resolution=sources.config_value(data_config, "resolution"),
-      num_context=int(sources.config_value(data_config, "num_context", 2)),
+      resolution=data_config.resolution,
+      num_context=int(data_config.num_context),
       batch_size=local_batch_size * process_count, seed=int(seed),
-      shuffle_buffer=int(sources.config_value(data_config, "shuffle_buffer", 2048)),
+      shuffle_buffer=int(data_config.shuffle_buffer),
       exclude={s: v for s, v in exclude.items() if v},
       process_index=process_index, process_count=process_count)
 
@@ -471,9 +470,9 @@ def _ytvis_eval_range(num_videos: int) -> tuple[int, int]:
 def eval_split_spec(data_config, source: sources.VideoSource,
                     split: str | None = None) -> str:
   """TFDS split string of the evaluation videos, e.g. 'train[600:900]'."""
-  split = split or sources.config_value(data_config, "eval_split")
+  split = split or data_config.eval_split
   source.check_split(split)
-  subset = sources.config_value(data_config, "ytvis_eval_subset", "authors")
+  subset = data_config.ytvis_eval_subset
   if source.name == "ytvis19" and split == "train":
     if subset not in ("authors", "disjoint"):
       raise ValueError(f"ytvis_eval_subset must be 'authors' or 'disjoint', "
@@ -510,7 +509,7 @@ def eval_videos(config, *, split: str | None = None,
   source = sources.open_source(data_config)
   spec = eval_split_spec(data_config, source, split)
   if max_videos is None:
-    max_videos = sources.config_value(data_config, "eval_max_videos", None)
+    max_videos = data_config.eval_max_videos
   ds = source.read_eval_videos(spec)
   if max_videos and max_videos > 0:
     ds = ds.take(int(max_videos))
@@ -588,10 +587,10 @@ def check_data(config, mode: str = "train_and_eval") -> str:
     raise ValueError(f"mode must be 'train', 'eval' or 'train_and_eval', got {mode!r}.")
   data_config = data_config_of(config)
   name, data_dir, path = sources.locate(data_config)
-  train_splits = _split_list(sources.config_value(data_config, "train_split"))
-  eval_split = sources.config_value(data_config, "eval_split")
+  train_splits = _split_list(data_config.train_split)
+  eval_split = data_config.eval_split
   if name == "synthetic" and not synthetic.is_built(
-      synthetic.config_from(sources.config_value(data_config, "synthetic", None)), data_dir):
+      synthetic.config_from(data_config.synthetic), data_dir):
     wanted = (train_splits if mode != "eval" else []) + (
         [eval_split] if mode != "train" else [])
     unknown = [s for s in wanted if s not in synthetic.SPLITS]

@@ -26,31 +26,7 @@ from solv_jax.data import synthetic
 
 NAMES = ("synthetic", "movi_e", "ytvis19", "davis17")
 
-# Per-dataset defaults for config.data fields that are missing or empty.
-DEFAULTS = {
-    "synthetic": dict(tfds_name="synthetic", train_split="train",
-                      eval_split="validation"),
-    "movi_e": dict(tfds_name=movi.DEFAULT_TFDS_NAME, data_dir=movi.KUBRIC_DATA_DIR,
-                   train_split="train", eval_split="validation"),
-    "ytvis19": dict(tfds_name="ytvis19", train_split="train+valid+test",
-                    eval_split="train"),
-    "davis17": dict(tfds_name="davis17", train_split="train", eval_split="val"),
-}
 _CONVERTER = {"ytvis19": "tools/convert_ytvis.py", "davis17": "tools/convert_davis.py"}
-
-
-def config_value(data_config, key: str, default=None):
-  """config.data[key], falling back to the dataset default, then `default`."""
-  value = None
-  if data_config is not None:
-    try:
-      value = data_config.get(key, None)
-    except AttributeError:
-      value = getattr(data_config, key, None)
-  if value is None or (isinstance(value, str) and not value):
-    name = config_value(data_config, "name") if key != "name" else None
-    value = DEFAULTS.get(name, {}).get(key, default)
-  return value
 
 
 def default_data_dir() -> str:
@@ -228,16 +204,19 @@ def _check_records(source: VideoSource, fix: str) -> VideoSource:
 
 
 def locate(data_config) -> tuple[str, str, str]:
-  """(name, data_dir, dataset directory) of config.data; reads and builds nothing."""
-  name = config_value(data_config, "name")
+  """(name, data_dir, dataset directory) of config.data; reads and builds nothing.
+
+  config.data comes from a recipe (configs/*.py), which sets every field of its dataset;
+  an empty data_dir is $TFDS_DATA_DIR or ~/tensorflow_datasets."""
+  name = data_config.name
   if name not in NAMES:
     raise ValueError(f"config.data.name must be one of {NAMES}, got {name!r}.")
-  data_dir = config_value(data_config, "data_dir") or default_data_dir()
+  data_dir = data_config.data_dir or default_data_dir()
   data_dir = os.path.expanduser(data_dir) if "://" not in data_dir else data_dir
   if name == "movi_e":
-    return name, data_dir, movi.builder_dir(config_value(data_config, "tfds_name"), data_dir)
+    return name, data_dir, movi.builder_dir(data_config.tfds_name, data_dir)
   if name == "synthetic":
-    cfg = synthetic.config_from(config_value(data_config, "synthetic", None))
+    cfg = synthetic.config_from(data_config.synthetic)
     return name, data_dir, synthetic.dataset_path(cfg, data_dir)
   return name, data_dir, records.dataset_dir(data_dir, name, "1.0.0")
 
@@ -248,12 +227,12 @@ def open_source(data_config) -> VideoSource:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   if name == "movi_e":
-    builder = movi.open_builder(config_value(data_config, "tfds_name"), data_dir)
+    builder = movi.open_builder(data_config.tfds_name, data_dir)
     return _check_records(VideoSource(name, builder, path),
                           f"Copy it again from {movi.KUBRIC_DATA_DIR}.")
 
   if name == "synthetic":
-    cfg = synthetic.config_from(config_value(data_config, "synthetic", None))
+    cfg = synthetic.config_from(data_config.synthetic)
     path = synthetic.build(cfg, data_dir)
     return _check_records(VideoSource(name, tfds.builder_from_directory(path), path),
                           f"Delete {path}; it is rebuilt on the next run.")

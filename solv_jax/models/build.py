@@ -35,9 +35,9 @@ def encoder_params(config, model: SOLV | None = None) -> dict:
   (seed config.seed + 1)."""
   path = config.model.encoder_weights
   if path:
-    _, params = dinov2.load_params(path, expected_variant=config.model.encoder)
+    _, params = dinov2.load_params(path, expected_variant=config.model.encoder_variant)
     return jax.tree_util.tree_map(jnp.asarray, params)
-  variant = model.encoder_variant if model is not None else config.model.encoder
+  variant = model.encoder_variant if model is not None else config.model.encoder_variant
   return dinov2.init_params(variant, jax.random.key(config.seed + 1),
                             image_hw=(dinov2.PATCH_SIZE, dinov2.PATCH_SIZE))
 

@@ -479,8 +479,8 @@ def load_params(path: str, expected_variant: str | None = None) -> tuple[str, di
                      "tools/convert_dinov2.py.") from e
   if expected_variant is not None and variant != expected_variant:
     raise ValueError(f"DINOv2 params file {path!r} holds variant {variant!r} but the config "
-                     f"asks for {expected_variant!r}; set config.model.encoder={variant!r} or "
-                     f"convert the {expected_variant} weights.")
+                     f"asks for {expected_variant!r}; set config.model.encoder_variant="
+                     f"{variant!r} or convert the {expected_variant} weights.")
   expected = param_shapes(variant)
   for name, shape in expected.items():
     if name not in flat or tuple(flat[name].shape) != shape:

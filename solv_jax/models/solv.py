@@ -8,11 +8,13 @@
   Phi_vis-dec  slot merging, then the broadcast decoder (eqs. 8-11)   -> `merge_slots`, `decoder`
   loss         MSE to the full-token DINOv2 features of the middle frame (eq. 12)
 
-The paper's Table 3 ablations are config switches: spatial_binding 'vanilla'/'invariant',
-temporal_binding on/off (off: the middle frame's slots go straight to merging), merge on/off.
+The paper's Table 3 ablations are config switches: spatial_binding_type 'vanilla'/'invariant',
+use_temporal_binding on/off (off: the middle frame's slots go straight to merging), use_merge
+on/off.
 """
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from typing import Any
 
@@ -25,6 +27,10 @@ from solv_jax.models.dinov2 import PATCH_SIZE, DINOv2, variant_config
 from solv_jax.models.merging import BACKENDS, merge_slots, sample_merge_mask
 from solv_jax.models.spatial_binding import build_spatial_binding
 from solv_jax.models.temporal_binding import TemporalBinding
+
+
+# Keys of config.model that are not fields of SOLV: read by solv_jax/models/build.py.
+CONFIG_ONLY = ("encoder_weights",)
 
 
 class SOLV(nn.Module):
@@ -60,22 +66,22 @@ class SOLV(nn.Module):
 
   @classmethod
   def from_config(cls, model_config, resolution, num_frames: int = 5, **overrides) -> "SOLV":
-    """Builds SOLV from config.model (configs/base.py) plus the data's resolution and F."""
-    c = model_config
-    kwargs = dict(
-        resolution=tuple(int(r) for r in resolution), num_frames=int(num_frames),
-        encoder_variant=c.encoder, encoder_dtype=c.encoder_dtype,
-        compute_dtype=c.compute_dtype, encoder_blocks=int(c.encoder_blocks),
-        num_slots=c.num_slots,
-        slot_dim=c.slot_dim, slot_iters=c.slot_iters, token_drop=c.token_drop,
-        spatial_binding_type=c.spatial_binding, use_temporal_binding=bool(c.temporal_binding),
-        use_merge=bool(c.merge), merge_threshold=c.merge_threshold,
-        merge_backend=c.merge_backend, clamp_scales=bool(c.clamp_scales), delta=c.delta,
-        decoder_hidden=c.decoder_hidden, decoder_layers=c.decoder_layers,
-        temporal_layers=c.temporal_layers, temporal_heads=c.temporal_heads, dropout=c.dropout,
-        param_init=c.param_init)
-    kwargs.update(overrides)
-    return cls(**kwargs)
+    """Builds SOLV from config.model (configs/base.py), whose keys are this module's fields
+    (but CONFIG_ONLY), plus the data's resolution and F; a missing or unknown key is an
+    error."""
+    values = {k: v for k, v in model_config.items() if k not in CONFIG_ONLY}
+    fields = {f.name for f in dataclasses.fields(cls) if f.init} - {
+        "parent", "name", "resolution", "num_frames"}  # the last two from config.data
+    unknown, missing = sorted(set(values) - fields), sorted(fields - set(values))
+    if unknown or missing:
+      wrong = [f"{unknown} are not fields of SOLV"] if unknown else []
+      wrong += [f"{missing} are missing"] if missing else []
+      raise ValueError(f"config.model does not fit SOLV (solv_jax/models/solv.py): "
+                       f"{'; '.join(wrong)}. "
+                       f"Start from configs/base.py's get_config(), or base.upgrade(saved) "
+                       f"for a config saved by an earlier version.")
+    return cls(resolution=tuple(int(r) for r in resolution), num_frames=int(num_frames),
+               **{**values, **overrides})
 
   @property
   def grid_hw(self) -> tuple[int, int]:

@@ -325,4 +325,5 @@ def build_spatial_binding(kind: str, *, num_slots: int, grid_hw: tuple[int, int]
   if kind == "vanilla":
     return SlotAttention(num_slots, slot_dim, iters, dropout, dtype=dtype,
                          param_init=param_init, name=name)
-  raise ValueError(f"config.model.spatial_binding must be 'invariant' or 'vanilla', got {kind!r}.")
+  raise ValueError(f"config.model.spatial_binding_type must be 'invariant' or 'vanilla', got "
+                   f"{kind!r}.")

@@ -5,15 +5,25 @@ import pytest
 
 @pytest.fixture
 def data_config():
-  """A config.data-like ConfigDict factory."""
+  """config.data of the dataset's recipe (configs/<name>.py; tests/tiny.py for synthetic) at
+  the tests' sizes, with the keyword arguments set; `synthetic` (the generator settings)
+  replaces the recipe's."""
+  import importlib
   import ml_collections
+  from configs import base
+  from tests import tiny
 
-  def make(**kw):
-    base = dict(name="synthetic", tfds_name="", data_dir="", resolution=(28, 42),
-                num_context=2, train_split="", eval_split="", shuffle_buffer=64,
-                ytvis_eval_subset="authors", eval_max_videos=0)
-    base.update(kw)
-    return ml_collections.ConfigDict(base)
+  def make(name="synthetic", synthetic=None, **kw):
+    if name == "synthetic":
+      config = tiny.get_config()
+    elif name in ("movi_e", "ytvis19", "davis17"):
+      config = importlib.import_module(f"configs.{name}").get_config()
+    else:  # not a dataset: the schema's data section, named so
+      config = base.get_config()
+    data = config.data
+    data.update(dict(name=name, resolution=(28, 42), num_context=2, shuffle_buffer=64), **kw)
+    data.synthetic = ml_collections.ConfigDict(synthetic or {})
+    return data
 
   return make
 

@@ -19,7 +19,7 @@ def model_config(**overrides):
   """config.model of the schema (configs/base.py: the paper's YTVIS19 values), overridden."""
   from configs import base
   c = base.get_config().model
-  assert (c.encoder, c.num_slots, c.slot_dim, c.decoder_hidden) == ("vitb14", 8, 128, 1024)
+  assert (c.encoder_variant, c.num_slots, c.slot_dim, c.decoder_hidden) == ("vitb14", 8, 128, 1024)
   c.update(overrides)
   return c
 
@@ -31,6 +31,19 @@ def tiny_model(**overrides):
                temporal_layers=1, decoder_layers=3)
   cfg = model_config(**{**sizes, **overrides})
   return SOLV.from_config(cfg, resolution=(H, W), num_frames=F, encoder_variant=TINY_VIT)
+
+
+def test_from_config_refuses_unknown_and_missing_keys():
+  cfg = model_config()
+  cfg.merge = False  # the key's name before it became the field's
+  with pytest.raises(ValueError, match=r"\['merge'\] are not fields of SOLV"):
+    SOLV.from_config(cfg, resolution=(H, W))
+  cfg = model_config().to_dict()
+  del cfg["use_merge"], cfg["delta"]
+  with pytest.raises(ValueError, match=r"\['delta', 'use_merge'\] are missing"):
+    SOLV.from_config(cfg, resolution=(H, W))
+  model = SOLV.from_config(model_config(use_merge=False), resolution=(H, W), num_frames=3)
+  assert (model.use_merge, model.num_frames, model.resolution) == (False, 3, (H, W))
 
 
 def batch():
@@ -209,7 +222,8 @@ def test_merge_schedule_backends_and_rng():
     ("C", "vanilla", True, True), ("D", "invariant", False, True),
     ("E", "invariant", True, True)])
 def test_table3_models_are_config_switches(name, spatial, temporal, merge):
-  model = tiny_model(spatial_binding=spatial, temporal_binding=temporal, merge=merge)
+  model = tiny_model(spatial_binding_type=spatial, use_temporal_binding=temporal,
+                     use_merge=merge)
   video, frame_mask = batch()
   out, params = jax.eval_shape(
       lambda k: model.init_with_output({"params": k, **RNGS}, video, frame_mask, train=True,

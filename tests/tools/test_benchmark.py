@@ -134,3 +134,62 @@ def test_attention_mode_times_each_variant_on_the_steps_frames():
   assert kept["attention_flops"] == 2 * 2 * 10 * 12 * 6 * 7 * 7 * 64
   assert full["attention_flops"] == 2 * 2 * 2 * 12 * 6 * 13 * 13 * 64
   assert all(r["seconds"] > 0 for r in rows)
+
+
+def test_parts_split_the_models_own_step_in_the_authors_four_parts():
+  """--what=parts: the four parts in the authors' order, and the loss they compute together
+  is the model's own training forward on the same inputs, params and RNG."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from solv_jax.models import build
+  from tests import tiny
+  rows = [r for r in _run("--what=parts", "--steps=1") if r["what"] == "part"]
+  assert [r["part"] for r in rows] == ["encoder_target", "encoder_dropped", "trainable_forward",
+                                       "backward_and_optimizer"]
+  assert all(r["seconds"] > 0 for r in rows[:3])
+  assert sum(r["share"] for r in rows) == pytest.approx(1.0)
+  config = tiny.get_config()
+  model = build.build_model(config)
+  params = build.with_encoder(build.initial_params(config, model),
+                              build.encoder_params(config, model))
+  b, f, (h, w) = config.train.batch_size, model.num_frames, config.data.resolution
+  video = jnp.asarray(np.random.default_rng(0).normal(size=(b, f, h, w, 3)), jnp.float32)
+  key = jax.random.key(0)
+  out = model.apply({"params": params}, video, jnp.ones((b, f), bool), train=True,
+                    merge_prob=1.0, rngs={"token_drop": key, "dropout": key, "merge": key})
+  assert {r["loss"] for r in rows} == {rows[0]["loss"]}
+  assert rows[0]["loss"] == pytest.approx(float(out["loss"]), rel=1e-5)
+
+
+def test_authors_step_recreation_has_the_authors_size_and_trains(tmp_path):
+  """tools/bench_authors.py (the authors' PyTorch step for timing beside --what=parts): at
+  the YTVIS19 recipe's 336 x 504 its trainable model has the authors' 5,799,521 params
+  (their release's count, which solv_jax's model matches); at a small size it reports the
+  same four parts and the step, and its steps lower the loss on a fixed batch."""
+  import torch
+  sys.path.insert(0, os.path.join(ROOT, "tools"))
+  import bench_authors
+  import benchmark
+  model = bench_authors.AuthorsSOLV((336 // 14, 504 // 14))
+  assert sum(p.numel() for p in model.parameters()) == 5_799_521
+  records = bench_authors.main(["--batch_size=1", "--resolution", "28", "42", "--steps=2",
+                                "--what=parts,step"])
+  parts = [r for r in records if r["what"] == "part"]
+  assert tuple(r["part"] for r in parts) == benchmark.PARTS_OF_STEP
+  (step,) = [r for r in records if r["what"] == "train_step"]
+  assert len(step["step_seconds_all"]) == 2 and step["step_seconds"] > 0
+  torch.manual_seed(0)
+  model = bench_authors.AuthorsSOLV((2, 3))
+  model.eval()  # no dropout: the same batch gives the same loss until the params move
+  feats, idx = torch.randn(5, 3, 768), torch.tensor([[0, 2, 5]] * 5)
+  target, mask = torch.randn(1, 6, 768), torch.ones(1, 5)
+  optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+  losses = []
+  for _ in range(5):
+    loss = torch.nn.functional.mse_loss(model(feats, mask, idx), target)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    losses.append(loss.item())
+  assert losses[-1] < losses[0]

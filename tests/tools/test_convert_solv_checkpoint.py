@@ -303,8 +303,8 @@ def test_config_comes_from_the_args(converted, encoder_file):
   config, _, _ = export.load_export(out)
   assert tuple(config.data.resolution) == (H, W) and config.data.num_context == N_CTX
   m = config.model
-  assert (m.encoder, m.num_slots, m.slot_dim, m.slot_iters) == ("tiny14", K, D_SLOT, 3)
-  assert (m.merge, m.merge_threshold, m.token_drop) == (True, 0.12, 0.5)
+  assert (m.encoder_variant, m.num_slots, m.slot_dim, m.slot_iters) == ("tiny14", K, D_SLOT, 3)
+  assert (m.use_merge, m.merge_threshold, m.token_drop) == (True, 0.12, 0.5)
   assert (m.decoder_hidden, m.temporal_heads, m.temporal_layers) == (HIDDEN, 8, 3)
   assert m.encoder_weights == os.path.abspath(encoder_file)
   assert config.data.name == "ytvis19"
@@ -340,7 +340,7 @@ def test_converted_file_segments_evaluates_and_serves_as_init_from(converted, tm
   from configs import davis17
   davis = davis17.get_config()
   davis.data.resolution, davis.model = loaded.config.data.resolution, loaded.config.model
-  davis.model.merge = False
+  davis.model.use_merge = False
   like = build.trainable_shapes(build.build_model(davis))
   trainable = {k: v for k, v in loaded.params.items() if k != "encoder"}
   jax.tree.map(lambda a, e: np.testing.assert_equal(a.shape, e.shape), trainable, like)
@@ -442,4 +442,4 @@ def test_the_released_size_maps_completely_onto_the_ytvis19_config():
       build.trainable_shapes(build.build_model(config))).items()}
   params = convert.convert_state_dict(state, shapes)
   assert params.keys() == shapes.keys()
-  assert (config.model.encoder, config.model.decoder_hidden) == ("vitb14", 1024)
+  assert (config.model.encoder_variant, config.model.decoder_hidden) == ("vitb14", 1024)

@@ -14,9 +14,9 @@ DATA = {"num_train": 3, "num_validation": 2, "num_frames": 5, "max_objects": 2}
 EXPS = [dict(name=n, data=DATA, res=42, kmeans=k, steps=2, eval_at=[0, 2], eval_videos=2,
              config={"model.num_slots": 3, "model.decoder_hidden": 32, "model.slot_dim": 16,
                      "model.temporal_heads": 2, "train.batch_size": 2, **c})
-        for n, k, c in [("e", True, {}), ("a", False, {"model.spatial_binding": "vanilla",
-                                                       "model.temporal_binding": False,
-                                                       "model.merge": False})]]
+        for n, k, c in [("e", True, {}), ("a", False, {"model.spatial_binding_type": "vanilla",
+                                                       "model.use_temporal_binding": False,
+                                                       "model.use_merge": False})]]
 '''
 
 
