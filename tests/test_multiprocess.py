@@ -35,7 +35,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.test_train import _assert_bitwise_equal, _params
+from tests.test_train import _Process, _assert_bitwise_equal, _params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 6
@@ -52,38 +52,14 @@ def _main_args(data_dir, workdir):
           "--config.eval.num_visualize=1", "--mode=train_and_eval", f"--workdir={workdir}"]
 
 
-class _Launch:
+class _Launch(_Process):
   """`python -m solv_jax.launch` in the background; its output read line by line."""
+  wait_timeout, finish_timeout = RUN_TIMEOUT, RUN_TIMEOUT + 30
 
   def __init__(self, env, args, *launch_flags):
-    import queue
-    import threading
-    cmd = [sys.executable, "-m", "solv_jax.launch", "--processes=2", f"--timeout={RUN_TIMEOUT}",
-           "--grace=3", "--module=tests.test_multiprocess", *launch_flags, "--", *args]
-    self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True)
-    self.output, self._lines = [], queue.Queue()
-    self._reader = threading.Thread(target=self._read, daemon=True)
-    self._reader.start()
-
-  def _read(self):
-    for line in self.proc.stdout:
-      self.output.append(line)
-      self._lines.put(line)
-    self._lines.put(None)
-
-  def wait_for(self, pattern, timeout=RUN_TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while True:
-      line = self._lines.get(timeout=max(deadline - time.monotonic(), 0.01))
-      assert line is not None, f"exited before printing {pattern!r}:\n{self.tail()}"
-      if match := re.search(pattern, line):
-        return match
-
-  def finish(self, timeout=RUN_TIMEOUT + 30):
-    rc = self.proc.wait(timeout)
-    self._reader.join(30)
-    return rc
+    super().__init__([sys.executable, "-m", "solv_jax.launch", "--processes=2",
+                      f"--timeout={RUN_TIMEOUT}", "--grace=3", "--module=tests.test_multiprocess",
+                      *launch_flags, "--", *args], env)
 
   def pid(self, process):
     return int(re.search(rf"^launch: process {process} pid (\d+)$", "".join(self.output),

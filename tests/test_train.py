@@ -196,16 +196,14 @@ PAUSE_FIRST_COMMIT = textwrap.dedent("""
 """)
 
 
-class _Run:
-  """`python -m solv_jax.main` on the tiny config in a subprocess; its output read by line."""
+class _Process:
+  """A command in the background, stdout and stderr read line by line as they come."""
+  wait_timeout = finish_timeout = 300  # seconds
 
-  def __init__(self, e2e, workdir, hook=None, *overrides):
+  def __init__(self, cmd, env):
     import queue
     import threading
-    cmd = [sys.executable, *(["-c", hook] if hook else ["-m", "solv_jax.main"]),
-           "--config=tests/tiny.py", f"--config.data.data_dir={e2e.data_dir}", "--mode=train",
-           f"--workdir={workdir}", *overrides]
-    self.proc = subprocess.Popen(cmd, cwd=REPO, env=e2e.env, stdout=subprocess.PIPE,
+    self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True)
     self.output, self._lines = [], queue.Queue()
     self._reader = threading.Thread(target=self._read, daemon=True)
@@ -217,9 +215,9 @@ class _Run:
       self._lines.put(line)
     self._lines.put(None)
 
-  def wait_for(self, pattern, timeout=300):
+  def wait_for(self, pattern, timeout=None):
     import re
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + (timeout or self.wait_timeout)
     while True:
       line = self._lines.get(timeout=max(deadline - time.monotonic(), 0.01))
       assert line is not None, f"exited before printing {pattern!r}:\n{self.tail()}"
@@ -230,13 +228,22 @@ class _Run:
     self.proc.send_signal(sig)
     return self.finish()
 
-  def finish(self, timeout=300):
-    rc = self.proc.wait(timeout)
+  def finish(self, timeout=None):
+    rc = self.proc.wait(timeout or self.finish_timeout)
     self._reader.join(30)
     return rc
 
   def tail(self):
     return "".join(self.output[-30:])
+
+
+class _Run(_Process):
+  """`python -m solv_jax.main` on the tiny config in a subprocess."""
+
+  def __init__(self, e2e, workdir, hook=None, *overrides):
+    super().__init__([sys.executable, *(["-c", hook] if hook else ["-m", "solv_jax.main"]),
+                      "--config=tests/tiny.py", f"--config.data.data_dir={e2e.data_dir}",
+                      "--mode=train", f"--workdir={workdir}", *overrides], e2e.env)
 
   def resumed_from(self):
     import re
