@@ -22,7 +22,10 @@ budget, does SOLV: see README.md for the measured scores, the token-grid ceiling
 (`python -m solv_jax.baselines --config=configs/demo.py --baseline=kmeans,token_oracle`)
 and why.
 """
+import dataclasses
+
 from configs import base
+from solv_jax.data import synthetic
 
 
 def get_config(arg=None):
@@ -31,6 +34,9 @@ def get_config(arg=None):
 
 def recipe(config):
   config.data.name = config.data.tfds_name = "synthetic"
+  # Every generator knob at its default first, so that each can be set on the command line
+  # (--config.data.synthetic.num_train=100); the dataset's tag depends only on the values.
+  config.data.synthetic.update(dataclasses.asdict(synthetic.SyntheticConfig()))
   config.data.resolution = (112, 112)  # 8 x 8 tokens
   config.data.train_split = "train"
   config.data.eval_split = "validation"

@@ -71,8 +71,22 @@ def read_config(path: str):
                      "tools/convert_solv_checkpoint.py.") from e
 
 
+def _with_generator_defaults(config: dict) -> dict:
+  """A synthetic dataset's knobs that a config leaves out take the generator's defaults (the
+  values it ran with: configs/demo.py lists them all since 2026-12-01, earlier ones did not)."""
+  data = config.get("data")
+  if not isinstance(data, dict) or data.get("name") != "synthetic":
+    return config
+  import dataclasses
+  from solv_jax.data import synthetic
+  defaults = json.loads(json.dumps(dataclasses.asdict(synthetic.SyntheticConfig())))
+  return {**config, "data": {**data, "synthetic": {**defaults, **data.get("synthetic", {})}}}
+
+
 def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
   """'key: old -> new' for every leaf that differs between two (JSON) config dicts."""
+  if not prefix:
+    old, new = _with_generator_defaults(old), _with_generator_defaults(new)
   out = []
   for key in sorted(set(old) | set(new)):
     a, b = old.get(key, "<unset>"), new.get(key, "<unset>")

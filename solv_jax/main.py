@@ -241,7 +241,7 @@ def _config_flag_error(argv, e: Exception) -> str:
   for arg in overrides:
     key = arg[len("--config."):].split("=", 1)[0]
     leaf = key.rsplit(".", 1)[-1]
-    if f"'{leaf}'" in text or f'"{leaf}"' in text:
+    if text == leaf or f"'{leaf}'" in text or f'"{leaf}"' in text:  # KeyError: leaf only
       suggestion = ""
       if "Did you mean" in text:
         close = text.split('Did you mean "', 1)[1].split('"', 1)[0]

@@ -170,3 +170,27 @@ def test_recipes_set_their_datasets():
       assert (d.name, d.tfds_name, d.data_dir, d.train_split, d.eval_split) == expected[name]
   assert sources.locate(configs["movi_e"].data)[1:] == (
       "gs://kubric-public/tfds", "gs://kubric-public/tfds/movi_e/256x256/1.0.0")
+
+
+def test_every_generator_knob_of_the_demo_is_a_config_key():
+  """configs/demo.py lists every SyntheticConfig field, so each can be set on the command line
+  (a locked ConfigDict refuses keys it does not hold), and listing them leaves the dataset,
+  its tag and directory, as the recipe's own settings alone make it."""
+  import dataclasses
+  from solv_jax.data import synthetic
+  from configs import demo
+  config = demo.get_config()
+  fields = {f.name: f.default for f in dataclasses.fields(synthetic.SyntheticConfig)}
+  assert set(config.data.synthetic) == set(fields)
+  recipe_only = {k: v for k, v in config.data.synthetic.items() if v != fields[k]}
+  assert synthetic.config_from(config.data.synthetic) == synthetic.config_from(recipe_only)
+  assert synthetic.config_from(config.data.synthetic).tag() == "112x112_680164e1e3"
+  config.lock()  # as the entry point's --config flag holds it
+  config.data.synthetic.num_train = 7
+  config.data.synthetic.radius = (0.1, 0.2)
+  cfg = synthetic.config_from(config.data.synthetic)
+  assert (cfg.num_train, cfg.radius, cfg.palette_size) == (7, (0.1, 0.2), 3)
+  base_config = base.get_config()
+  base_config.lock()
+  with pytest.raises(AttributeError):  # what the demo would say without the listed knobs
+    base_config.data.synthetic.num_train = 7

@@ -122,12 +122,19 @@ def test_evaluation_reuses_per_frame_binding_with_identical_results(data_dir):
 def test_unknown_config_override_fails_clearly(tmp_path):
   import subprocess
   import sys
-  res = subprocess.run([sys.executable, "-m", "solv_jax.main", "--config=configs/demo.py",
-                        "--config.train.batch_sizee=8", f"--workdir={tmp_path}"],
-                       capture_output=True, text=True, timeout=300,
-                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  assert res.returncode != 0
-  assert "batch_sizee" in res.stderr
+  for override, line in [
+      ("--config.train.batch_sizee=8", "error: --config.train.batch_sizee: config.train."
+       "batch_sizee is not a config key (did you mean config.train.batch_size?)."),
+      # No key close to it: ml_collections' KeyError names only the leaf.
+      ("--config.model.no_such_key=1",
+       "error: --config.model.no_such_key: config.model.no_such_key is not a config key.")]:
+    res = subprocess.run([sys.executable, "-m", "solv_jax.main", "--config=configs/demo.py",
+                          override, f"--workdir={tmp_path}"],
+                         capture_output=True, text=True, timeout=300,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [line]
+    assert not os.listdir(tmp_path)
 
 
 def test_config_override_with_an_old_key_name_names_the_new_one(tmp_path):
@@ -156,3 +163,14 @@ def test_save_config_reports_what_changed_since_the_stored_config(tmp_path):
       f"data.resolution: {[h, w]!r} -> {[h + 14, w]!r}",
       f"train.num_steps: {steps!r} -> {steps + 1!r}"]
   assert export.load_config(str(tmp_path)).train.num_steps == steps + 1
+  # A demo workdir written before configs/demo.py listed every generator knob: the knobs it
+  # left out ran at the generator's defaults, so they are no change; a knob set is one.
+  with open(tmp_path / "config.json") as f:
+    saved = json.load(f)
+  saved["data"]["synthetic"] = {k: v for k, v in saved["data"]["synthetic"].items()
+                                if k not in ("num_train", "shapes", "speed")}
+  with open(tmp_path / "config.json", "w") as f:
+    json.dump(saved, f)
+  assert export.save_config(str(tmp_path), config) == []
+  config.data.synthetic.num_train = 17
+  assert export.save_config(str(tmp_path), config) == ["data.synthetic.num_train: 300 -> 17"]

@@ -1,183 +1,153 @@
 """Sweep of demo recipes: many short SOLV runs on synthetic videos, in parallel processes.
 
   python tools/demo_sweep.py tools/demo_sweep_exps.py OUTDIR [--parallel N] [--only a,b]
+      [--data_dir DIR]
 
-For tuning configs/demo.py (issue 6) on whatever machine is at hand; it needs only jax,
-flax, optax, ml_collections, numpy, scipy and scikit-learn (no TensorFlow), so it also runs
-on a bare GPU image. Videos are generated in numpy (solv_jax.data.synthetic) straight at
-the model resolution and kept in memory (cached as .npz under $SWEEP_DATA, default
-/tmp/sweepdata); each clip is a random window t-n..t+n, zero-filled and masked past the
-video's ends as in the TFDS pipeline. The train step, the evaluation (VideoSegmenter,
-video-level Hungarian matching) and the k-means baseline are the package's own.
+For tuning configs/demo.py (issue 6). Each run is the product's own: `python -m
+solv_jax.main` on configs/demo.py with the run's overrides (the trainer's loop, clip order
+and periodic evaluation, `config.train.eval_every`), then, if asked, `python -m
+solv_jax.baselines` (k-means of the same features) on the same videos. Nothing here trains
+or scores by itself; it launches, waits and collects.
 
-The experiments file defines EXPS, a list of dicts: name, data (SyntheticConfig overrides),
-res (square resolution), arg (configs/demo.py argument, e.g. "model=A"), config (dotted
-overrides of configs/demo.py), steps, eval_at (steps to evaluate at), eval_videos, kmeans
-(also score the k-means baseline), seed. Each run writes OUTDIR/<name>.json and .log.
+The experiments file defines EXPS, a list of dicts: name; arg (the configs/demo.py argument,
+e.g. "model=A"; optional); config (dotted overrides of configs/demo.py, e.g.
+{"train.num_steps": 2500, "train.eval_every": 1000, "data.synthetic.palette_size": 12});
+kmeans (also score the k-means baseline). A run's workdir is OUTDIR/<name>/; its summary,
+OUTDIR/<name>.json, holds the scores at every evaluated step (step 0 with
+eval.untrained=True), the training loss logged at or before that step, the trainer's last
+steps/s, wall seconds, and the k-means scores. OUTDIR/<name>.log is the run's console.
+--data_dir sets config.data.data_dir (where the synthetic datasets are built, once per data
+config; default the recipe's).
 """
-import importlib.util, json, os, subprocess, sys, time, hashlib
-import multiprocessing as mp
-import numpy as np
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import time
 
-from solv_jax.models.dinov2 import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-MEAN, STD = np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32)
-
-
-def _gen(args):
-  """One synthetic video (top-level for multiprocessing)."""
-  from solv_jax.data import synthetic
-  cfg, split, i = args
-  return synthetic.generate_video(cfg, synthetic.video_rng(cfg, split, i))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCORES = ("fg_ari", "video_fg_ari", "miou", "mbo")
 
 
-def data_path(exp, root):
-  key = json.dumps({"d": exp.get("data", {}), "r": exp["res"]}, sort_keys=True)
-  return os.path.join(root, "data_" + hashlib.sha1(key.encode()).hexdigest()[:10] + ".npz")
+def _value(v) -> str:
+  """An override's value as config_flags parses it: tuples as (a,b), the rest as written."""
+  if isinstance(v, (list, tuple)):
+    return "(" + ",".join(_value(x) for x in v) + ("," if len(v) == 1 else "") + ")"
+  return str(v)
 
 
-def make_data(exp, root):
-  from solv_jax.data import synthetic
-  path = data_path(exp, root)
-  if os.path.exists(path):
-    return path
-  cfg = synthetic.config_from({**exp.get("data", {}), "height": exp["res"], "width": exp["res"]})
-  with mp.Pool(min(16, os.cpu_count())) as pool:
-    tr = pool.map(_gen, [(cfg, "train", i) for i in range(cfg.num_train)])
-    va = pool.map(_gen, [(cfg, "validation", i) for i in range(cfg.num_validation)])
-  np.savez(path + ".tmp.npz", tv=np.stack([f for f, _ in tr]),  # train labels unused
-           vv=np.stack([f for f, _ in va]), vs=np.stack([s for _, s in va]))
-  os.rename(path + ".tmp.npz", path)
-  return path
+def config_args(exp: dict, data_dir: str | None = None) -> list[str]:
+  """The --config flags of a run: the recipe with its argument, then its overrides."""
+  recipe = "configs/demo.py" + (f":{exp['arg']}" if exp.get("arg") else "")
+  args = [f"--config={recipe}"]
+  if data_dir:
+    args.append(f"--config.data.data_dir={data_dir}")
+  args += [f"--config.{k}={_value(v)}" for k, v in exp.get("config", {}).items()]
+  return args
 
 
-def set_key(config, key, value):
-  *head, last = key.split(".")
-  c = config
-  for h in head:
-    c = c[h]
-  if isinstance(value, list):
-    value = tuple(value)
-  c[last] = value
-
-
-def build_config(exp):
-  import configs.demo as demo
-  config = demo.get_config(exp.get("arg"))
-  config.data.resolution = (exp["res"], exp["res"])
-  for k, v in exp.get("config", {}).items():
-    set_key(config, k, v)
-  config.train.num_steps = exp["steps"]
-  return config
-
-
-def norm(x):
-  return (x.astype(np.float32) / 255.0 - MEAN) / STD
-
-
-def run_exp(exp, root, out_path):
-  import jax
-  from solv_jax import train_step, metrics, evaluate, baselines
-  from solv_jax.models import build
-  from solv_jax.models.build import build_model
-  from solv_jax.models.solv import SOLV
-  config = build_config(exp)
-  d = np.load(data_path(exp, root))
-  tv, vv, vs = d["tv"], d["vv"], d["vs"]
-  model = build_model(config)
-  tx = train_step.make_optimizer(config.train)
-  frozen = build.encoder_params(config, model)
-  state = train_step.create_train_state(config, model, tx)
-  step = jax.jit(train_step.make_train_step(model, tx, config), donate_argnums=(0,))
-  n = config.data.num_context
-  T = tv.shape[1]
-  B = config.train.batch_size
-  rng = np.random.default_rng(exp.get("seed", 0))
-  key = jax.random.key(exp.get("seed", 0))
-  nv = exp.get("eval_videos", 20)
-
-  def do_eval():
-    params = {**jax.device_get(state.params), "encoder": frozen}
-    seg = evaluate.VideoSegmenter(model, params, batch_windows=16)
-    acc = metrics.MetricAccumulator()
-    for i in range(nv):
-      out = seg(norm(vv[i]))
-      pred = metrics.masks_to_ids(out["masks"], out["track_ids"], out_hw=vs.shape[2:4])
-      acc.update(pred, vs[i])
-    r = acc.compute()
-    return {k: round(r[k], 4) for k in ("fg_ari", "video_fg_ari", "miou", "mbo")}
-
-  log = {"name": exp["name"], "exp": exp, "evals": {}, "loss": {}}
+def commands(exp: dict, out: str, data_dir: str | None = None) -> list[list[str]]:
+  """The run's commands, in order: training with its evaluations, then the baseline."""
+  workdir = os.path.join(out, exp["name"])
+  config = config_args(exp, data_dir)
+  cmds = [[sys.executable, "-m", "solv_jax.main", *config, f"--workdir={workdir}"]]
   if exp.get("kmeans"):
-    encode = jax.jit(lambda p, f: model.apply({"params": p}, f, method=SOLV.encode))
-    acc = metrics.MetricAccumulator()
-    for i in range(nv):
-      feats = np.asarray(encode({"encoder": frozen}, norm(vv[i])))
-      pred = baselines.kmeans_segment_video(feats, baselines.oracle_num_segments(vs[i]),
-                                            model.grid_hw, vs.shape[2:4])
-      acc.update(pred, vs[i])
-    r = acc.compute()
-    log["kmeans"] = {k: round(r[k], 4) for k in ("fg_ari", "video_fg_ari", "miou", "mbo")}
+    cmds.append([sys.executable, "-m", "solv_jax.baselines", *config, "--baseline=kmeans",
+                 f"--out={os.path.join(workdir, 'kmeans.json')}"])
+  return cmds
+
+
+def _scores(path: str) -> dict:
+  with open(path) as f:
+    results = json.load(f)
+  return {k: round(results[k], 4) for k in SCORES}
+
+
+def summary(exp: dict, workdir: str, console: str, seconds: float) -> dict:
+  """The run's scores per evaluated step, read from the files the product wrote."""
+  found = {}
+  if os.path.exists(os.path.join(workdir, "eval_step0", "results.json")):
+    found[0] = os.path.join(workdir, "eval_step0", "results.json")
+  steps_dir = os.path.join(workdir, "eval_steps")
+  for name in os.listdir(steps_dir) if os.path.isdir(steps_dir) else ():
+    found[int(name)] = os.path.join(steps_dir, name, "results.json")
+  with open(os.path.join(workdir, "eval", "results.json")) as f:
+    found[int(json.load(f)["step"])] = os.path.join(workdir, "eval", "results.json")
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  log = {"name": exp["name"], "exp": exp, "evals": {}, "loss": {}, "seconds": seconds}
+  for step in sorted(found):
+    log["evals"][step] = _scores(found[step])
+    logged = [r["loss"] for r in rows if r["step"] <= step]
+    log["loss"][step] = logged[-1] if logged else None
+  rates = re.findall(r"([0-9.]+) steps/s", console)
+  log["steps_per_second"] = float(rates[-1]) if rates else None
+  if exp.get("kmeans"):
+    log["kmeans"] = _scores(os.path.join(workdir, "kmeans.json"))
+  return log
+
+
+def run_exp(exp: dict, out: str, data_dir: str | None) -> int:
+  """One run, its console to OUTDIR/<name>.log, its summary to OUTDIR/<name>.json."""
   t0 = time.time()
-  losses = []
-  for s in range(exp["steps"] + 1):
-    if s in exp["eval_at"]:
-      log["evals"][s] = do_eval()
-      log["loss"][s] = float(np.mean(losses[-50:])) if losses else None
-      log["seconds"] = time.time() - t0
-      print(exp["name"], s, log["evals"][s], log["loss"][s], flush=True)
-      with open(out_path, "w") as f:
-        json.dump(log, f)
-    if s == exp["steps"]:
-      break
-    vid = rng.integers(0, len(tv), B)
-    t = rng.integers(0, T, B)
-    idx = t[:, None] + np.arange(-n, n + 1)[None]
-    mask = (idx >= 0) & (idx < T)
-    video = norm(tv[vid[:, None], np.clip(idx, 0, T - 1)]) * mask[..., None, None, None]
-    state, m = step(state, frozen, {"video": video, "frame_mask": mask}, key)
-    if s % 10 == 0:
-      losses.append(float(m["loss"]))
-  log["steps_per_second"] = exp["steps"] / (time.time() - t0)
-  with open(out_path, "w") as f:
-    json.dump(log, f)
+  with open(os.path.join(out, exp["name"] + ".log"), "w") as log:
+    for cmd in commands(exp, out, data_dir):
+      log.write("$ " + " ".join(cmd) + "\n")
+      log.flush()
+      rc = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+      if rc:
+        return rc
+  seconds = time.time() - t0
+  with open(os.path.join(out, exp["name"] + ".log")) as f:
+    console = f.read()
+  result = summary(exp, os.path.join(out, exp["name"]), console, seconds)
+  with open(os.path.join(out, exp["name"] + ".json"), "w") as f:
+    json.dump(result, f, indent=1)
+  for step, scores in result["evals"].items():
+    print(exp["name"], step, scores, result["loss"][step], flush=True)
+  return 0
+
+
+def _option(name: str, default=None):
+  return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
 
 
 def main():
-  exps_file, out = sys.argv[1], sys.argv[2]
-  parallel = int(sys.argv[sys.argv.index("--parallel") + 1]) if "--parallel" in sys.argv else 4
+  exps_file, out = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
+  parallel = int(_option("--parallel", 1))
+  data_dir = _option("--data_dir")
   spec = importlib.util.spec_from_file_location("exps", exps_file)
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   exps = mod.EXPS
   if "--only" in sys.argv:
-    only = sys.argv[sys.argv.index("--only") + 1].split(",")
+    only = _option("--only").split(",")
     exps = [e for e in exps if e["name"] in only]
   if "--child" in sys.argv:
-    name = sys.argv[sys.argv.index("--child") + 1]
-    exp = next(e for e in exps if e["name"] == name)
-    run_exp(exp, os.environ.get("SWEEP_DATA", "/tmp/sweepdata"), os.path.join(out, name + ".json"))
-    return
-  root = os.environ.get("SWEEP_DATA", "/tmp/sweepdata")
-  os.makedirs(root, exist_ok=True)
+    name = _option("--child")
+    sys.exit(run_exp(next(e for e in exps if e["name"] == name), out, data_dir))
   os.makedirs(out, exist_ok=True)
   t0 = time.time()
-  for e in exps:
-    make_data(e, root)
-  print(f"data ready in {time.time() - t0:.0f}s", flush=True)
-  queue, running = list(exps), []
+  queue, running, failed = list(exps), [], []
   while queue or running:
     while queue and len(running) < parallel:
       e = queue.pop(0)
-      logf = open(os.path.join(out, e["name"] + ".log"), "w")
-      p = subprocess.Popen([sys.executable, __file__, exps_file, out, "--child", e["name"]],
-                           stdout=logf, stderr=subprocess.STDOUT)
-      running.append((p, e, logf))
+      cmd = [sys.executable, os.path.abspath(__file__), exps_file, out, "--child", e["name"]]
+      if data_dir:
+        cmd += ["--data_dir", data_dir]
+      running.append((subprocess.Popen(cmd, cwd=ROOT), e))
     time.sleep(2)
     for item in list(running):
       if item[0].poll() is not None:
         running.remove(item)
-        item[2].close()
-        print(f"[{time.time() - t0:.0f}s] done {item[1]['name']} rc={item[0].returncode}", flush=True)
+        rc = item[0].returncode
+        print(f"[{time.time() - t0:.0f}s] done {item[1]['name']} rc={rc}", flush=True)
+        if rc:
+          failed.append(item[1]["name"])
+  if failed:
+    sys.exit(f"failed: {', '.join(failed)} (see {out}/<name>.log)")
 
 
 if __name__ == "__main__":
