@@ -26,6 +26,12 @@ from solv_jax.models.solv import SOLV
 # The metrics a one-line summary of an evaluation shows (main, periodic evaluation).
 SUMMARY_KEYS = ("fg_ari", "fg_ari_matched", "video_fg_ari", "miou", "mbo", "frame_mbo",
                 "jf_mean", "num_videos")
+
+
+def summary(results: dict) -> str:
+  """The one line of SUMMARY_KEYS an evaluation prints: scores to 4 places, counts as counts."""
+  return " ".join(f"{k}={results[k]:.4f}" if isinstance(results[k], float) else
+                  f"{k}={results[k]}" for k in SUMMARY_KEYS if k in results)
 # The metrics results.json lists for each video ("videos"); the dataset numbers carry every key
 # of metrics.aggregate. docs/METRICS.md says which paper reports which.
 PER_VIDEO_KEYS = ("fg_ari", "fg_ari_matched", "video_fg_ari", "miou", "mbo", "frame_mbo",

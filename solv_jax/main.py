@@ -138,16 +138,10 @@ def run(config, workdir: str, mode: str) -> dict | None:
       _print(f"Evaluating step {step} on {config.data.name}:{config.data.eval_split} ...")
       results = evaluate.evaluate(config, model, build.with_encoder(params, encoder), workdir,
                                   step)
-      _print("Evaluation: " + _summary(results))
+      _print("Evaluation: " + evaluate.summary(results))
       _print(f"Results: {os.path.join(workdir, 'eval', 'results.json')}; masks: "
              f"{os.path.join(workdir, 'eval')}/*.png, *.gif")
   return results
-
-
-def _summary(results: dict) -> str:
-  from solv_jax.evaluate import SUMMARY_KEYS
-  return " ".join(f"{k}={results[k]:.4f}" if isinstance(results[k], float) else
-                  f"{k}={results[k]}" for k in SUMMARY_KEYS)
 
 
 def _evaluate_untrained(config, model, encoder, workdir: str) -> None:
@@ -162,7 +156,7 @@ def _evaluate_untrained(config, model, encoder, workdir: str) -> None:
   _print(f"Evaluating the untrained model (step 0) on {config.data.name}:"
          f"{config.data.eval_split} ...")
   results = evaluate.evaluate(config, model, params, workdir, 0, subdir="eval_step0")
-  _print("Step 0: " + _summary(results))
+  _print("Step 0: " + evaluate.summary(results))
 
 
 def _user_errors():

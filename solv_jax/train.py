@@ -193,8 +193,7 @@ def _periodic_eval(config, model, state, encoder, workdir, step, writer) -> None
   scalars = {f"eval/{k}": float(v) for k, v in results.items()
              if isinstance(v, (int, float)) and k != "step"}
   writer.write_scalars(step, scalars)
-  _print(f"eval at step {step}: " + " ".join(
-      f"{k[5:]}={v:.4f}" for k, v in scalars.items() if k[5:] in evaluate.SUMMARY_KEYS))
+  _print(f"eval at step {step}: " + evaluate.summary(results))
 
 
 def _nonfinite_summary(state, config, steps_run: int) -> None:

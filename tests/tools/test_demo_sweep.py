@@ -36,6 +36,18 @@ def _json(path):
     return json.load(f)
 
 
+def _tensorboard(workdir, *tags):
+  """{(step, tag): value} of the scalars with these tags in WORKDIR/tensorboard."""
+  import tensorflow as tf
+  found = {}
+  for path in (workdir / "tensorboard").iterdir():
+    for event in tf.compat.v1.train.summary_iterator(str(path)):
+      for value in event.summary.value:
+        if value.tag in tags:
+          found[(event.step, value.tag)] = float(tf.make_ndarray(value.tensor))
+  return found
+
+
 def test_tiny_sweep_runs_the_trainer_and_collects_its_scores(tmp_path):
   res = _sweep(tmp_path, "--only", "e,a", "--parallel", "1")
   assert res.returncode == 0, res.stderr[-3000:]
@@ -56,6 +68,14 @@ def test_tiny_sweep_runs_the_trainer_and_collects_its_scores(tmp_path):
                                     for k in ("fg_ari", "video_fg_ari", "miou", "mbo")}
       assert log["loss"][step] == rows.get(int(step))
     assert log["loss"]["0"] is None and log["loss"]["2"] is not None
+    # The periodic evaluation's console line and TensorBoard scalars are its results.json.
+    periodic = _json(files["1"] / "results.json")
+    console = (out / f"{name}.log").read_text()
+    assert (f"eval at step 1: fg_ari={periodic['fg_ari']:.4f} " in console
+            and f"num_videos={periodic['num_videos']}\n" in console), console[-2000:]
+    assert _tensorboard(workdir, "eval/fg_ari", "eval/miou") == {
+        (1, "eval/fg_ari"): pytest.approx(periodic["fg_ari"]),
+        (1, "eval/miou"): pytest.approx(periodic["miou"])}
     assert log["steps_per_second"] > 0 and log["seconds"] > 0
   # The overrides reached the trainer.
   a = _json(out / "a" / "config.json")
