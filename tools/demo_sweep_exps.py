@@ -4,7 +4,7 @@
 
 Each run is configs/demo.py with its own step count (the schedules stretch with it) and the
 overrides below, evaluated every `eval_every` steps and at the end on the first 16 validation
-videos. The figures in the comments are docs/demo.md's.
+videos. Their scores are in docs/demo.md ("The sweep, re-run on the trainer").
 """
 
 
