@@ -27,11 +27,6 @@ from solv_jax.models.solv import SOLV
 SUMMARY_KEYS = ("fg_ari", "fg_ari_matched", "video_fg_ari", "miou", "mbo", "frame_mbo",
                 "jf_mean", "num_videos")
 
-
-def summary(results: dict) -> str:
-  """The one line of SUMMARY_KEYS an evaluation prints: scores to 4 places, counts as counts."""
-  return " ".join(f"{k}={results[k]:.4f}" if isinstance(results[k], float) else
-                  f"{k}={results[k]}" for k in SUMMARY_KEYS if k in results)
 # The metrics results.json lists for each video ("videos"); the dataset numbers carry every key
 # of metrics.aggregate. docs/METRICS.md says which paper reports which.
 PER_VIDEO_KEYS = ("fg_ari", "fg_ari_matched", "video_fg_ari", "miou", "mbo", "frame_mbo",
@@ -40,6 +35,12 @@ METRICS_NOTE = ("mbo: per-video (volume) mBO, VideoSAUR/SlotContrast; frame_mbo:
                 "(image-level) mBO; j_*/f_*/jf_*: DAVIS unsupervised J&F (mean, recall, decay; "
                 "jf_mean = official J&F-Mean), pooled over the objects of the first frames "
                 "(davis_num_objects). See docs/METRICS.md.")
+
+
+def summary(results: dict) -> str:
+  """The one line of SUMMARY_KEYS an evaluation prints: scores to 4 places, counts as counts."""
+  return " ".join(f"{k}={results[k]:.4f}" if isinstance(results[k], float) else
+                  f"{k}={results[k]}" for k in SUMMARY_KEYS if k in results)
 
 
 class VideoSegmenter:

@@ -19,6 +19,7 @@ steps/s, wall seconds, and the k-means scores. OUTDIR/<name>.log is the run's co
 --data_dir sets config.data.data_dir (where the synthetic datasets are built, once per data
 config; default the recipe's).
 """
+import glob
 import importlib.util
 import json
 import os
@@ -32,10 +33,8 @@ SCORES = ("fg_ari", "video_fg_ari", "miou", "mbo")
 
 
 def _value(v) -> str:
-  """An override's value as config_flags parses it: tuples as (a,b), the rest as written."""
-  if isinstance(v, (list, tuple)):
-    return "(" + ",".join(_value(x) for x in v) + ("," if len(v) == 1 else "") + ")"
-  return str(v)
+  """An override's value as config_flags parses it (a Python literal; lists as tuples)."""
+  return str(tuple(v) if isinstance(v, list) else v)
 
 
 def config_args(exp: dict, data_dir: str | None = None) -> list[str]:
@@ -59,22 +58,21 @@ def commands(exp: dict, out: str, data_dir: str | None = None) -> list[list[str]
   return cmds
 
 
-def _scores(path: str) -> dict:
-  with open(path) as f:
-    results = json.load(f)
+def _scores(results: dict) -> dict:
   return {k: round(results[k], 4) for k in SCORES}
 
 
+def _json(path: str) -> dict:
+  with open(path) as f:
+    return json.load(f)
+
+
 def summary(exp: dict, workdir: str, console: str, seconds: float) -> dict:
-  """The run's scores per evaluated step, read from the files the product wrote."""
-  found = {}
-  if os.path.exists(os.path.join(workdir, "eval_step0", "results.json")):
-    found[0] = os.path.join(workdir, "eval_step0", "results.json")
-  steps_dir = os.path.join(workdir, "eval_steps")
-  for name in os.listdir(steps_dir) if os.path.isdir(steps_dir) else ():
-    found[int(name)] = os.path.join(steps_dir, name, "results.json")
-  with open(os.path.join(workdir, "eval", "results.json")) as f:
-    found[int(json.load(f)["step"])] = os.path.join(workdir, "eval", "results.json")
+  """The run's scores per evaluated step, read from the files the product wrote: step 0
+  (eval_step0/), the periodic evaluations (eval_steps/<step>/) and the final one (eval/)."""
+  evaluations = [_json(p) for p in glob.glob(os.path.join(workdir, "eval*", "**", "results.json"),
+                                             recursive=True)]
+  found = {int(results["step"]): results for results in evaluations}
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
   log = {"name": exp["name"], "exp": exp, "evals": {}, "loss": {}, "seconds": seconds}
@@ -85,7 +83,7 @@ def summary(exp: dict, workdir: str, console: str, seconds: float) -> dict:
   rates = re.findall(r"([0-9.]+) steps/s", console)
   log["steps_per_second"] = float(rates[-1]) if rates else None
   if exp.get("kmeans"):
-    log["kmeans"] = _scores(os.path.join(workdir, "kmeans.json"))
+    log["kmeans"] = _scores(_json(os.path.join(workdir, "kmeans.json")))
   return log
 
 
