@@ -178,19 +178,20 @@ def evaluate_kmeans(config, *, max_videos: int | None = None, seed: int = 0,
   """The baseline over the evaluation split with config's (random or converted) encoder."""
   import jax
   from solv_jax.data import pipeline
+  from solv_jax.data.frames import normalize_frames, resize_frames
   from solv_jax.models import build
   from solv_jax.models.build import build_model
   from solv_jax.models.solv import SOLV
 
   model = build_model(config)
   params = {"encoder": build.encoder_params(config, model)}
-  encode = jax.jit(lambda p, f: model.apply({"params": p}, f, method=SOLV.encode))
+  encode = jax.jit(lambda p, f: model.apply({"params": p}, normalize_frames(f),
+                                            method=SOLV.encode))
   acc = metrics.MetricAccumulator()
   for video in pipeline.eval_videos(config, max_videos=max_videos):
     if not video.get("has_annotations", True):
       continue
-    frames = np.asarray(pipeline.preprocess_frames(video["video"],
-                                                   tuple(config.data.resolution)))
+    frames = resize_frames(video["video"], tuple(config.data.resolution))
     feats = np.concatenate([np.asarray(encode(params, frames[s:s + 8]))
                             for s in range(0, len(frames), 8)])
     gt = np.asarray(video["segmentations"])

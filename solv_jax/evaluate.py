@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from solv_jax import metrics, visualize
+from solv_jax.data.frames import normalize_frames, resize_frames
 from solv_jax.models.solv import SOLV
 
 # The metrics a one-line summary of an evaluation shows (main, periodic evaluation).
@@ -52,8 +53,8 @@ class VideoSegmenter:
     self.n = model.num_frames // 2
     self.grid_hw = model.grid_hw
 
-    def per_frame(params, frames):  # (C, H, W, 3) -> slots (C, K, Ds), attn (C, K, N)
-      feats = model.apply({"params": params}, frames, method=SOLV.encode)
+    def per_frame(params, frames):  # (C, H, W, 3) uint8 -> slots (C, K, Ds), attn (C, K, N)
+      feats = model.apply({"params": params}, normalize_frames(frames), method=SOLV.encode)
       return model.apply({"params": params}, feats, method=SOLV.bind_spatial)
 
     def per_window(params, slots, attn, frame_mask):
@@ -62,6 +63,7 @@ class VideoSegmenter:
       return {k: out[k] for k in ("masks", "valid", "slots")}
 
     def naive_window(params, frames, frame_mask):  # the authors' path: re-binds every frame
+      frames = normalize_frames(frames, frame_mask)  # padding frames are zeros, as in training
       feats = model.apply({"params": params}, frames, method=SOLV.encode)  # (W, F, N, D)
       slots, attn = model.apply({"params": params}, feats, method=SOLV.bind_spatial)
       return per_window(params, slots, attn, frame_mask)
@@ -82,7 +84,8 @@ class VideoSegmenter:
     return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *results)
 
   def __call__(self, frames: np.ndarray, naive: bool = False) -> dict:
-    """frames (T, H, W, 3) float, preprocessed at the model's resolution.
+    """frames (T, H, W, 3) uint8 at the model's resolution (`frames.resize_frames`), normalised
+    on the device (float frames are taken as ImageNet-normalised already).
 
     naive=True re-runs DINOv2 and spatial binding for every window (the authors' path, for
     benchmarks); the default computes them once per frame. Results are identical.
@@ -101,7 +104,7 @@ class VideoSegmenter:
   def bind_frames(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The per-frame part: DINOv2 and spatial binding of each frame, in batches of frame_chunk.
 
-    frames (C, H, W, 3) float, preprocessed -> slots (C, K, Ds), attn (C, K, N). Each frame
+    frames (C, H, W, 3) uint8 at the model's resolution -> slots (C, K, Ds), attn (C, K, N). Each frame
     depends only on itself, so a long video can be bound in pieces (whose lengths are
     multiples of frame_chunk to batch exactly as one call would) and concatenated for `decode`.
     """
@@ -168,8 +171,8 @@ def evaluate(config, model: SOLV, params: dict, workdir: str, step: int | None,
   per_video = []
   t0, num_frames = time.time(), 0
   for i, video in enumerate(videos):
-    frames = pipeline.preprocess_frames(video["video"], tuple(config.data.resolution))
-    out = segmenter(np.asarray(frames))
+    frames = resize_frames(video["video"], tuple(config.data.resolution))
+    out = segmenter(frames)
     gt = np.asarray(video["segmentations"])
     pred = metrics.masks_to_ids(out["masks"], out["track_ids"], out_hw=gt.shape[1:3])
     num_frames += len(frames)

@@ -376,13 +376,13 @@ def segment_frames(loaded: LoadedModel, frames: Iterable[np.ndarray],
   segmenter's outputs for the whole video: 'masks' (T, K, h, w) on the token grid, 'valid',
   'slots', 'track_ids' (see evaluate.VideoSegmenter).
 
-  The one path of evaluation, streamed: each frame goes through `pipeline.preprocess_frames` to
-  the model's resolution as it is read, every frame_chunk of them through DINOv2 and spatial
-  binding (`VideoSegmenter.bind_frames`, the batches one call on the whole video makes), and the
-  windows run on the small per-frame slots and attention (`VideoSegmenter.decode`). Memory
+  The one path of evaluation, streamed: each frame goes through `frames.resize_frame` to the
+  model's resolution (uint8, as the training pipeline makes it) as it is read, every
+  frame_chunk of them through DINOv2 and spatial binding (`VideoSegmenter.bind_frames`, the
+  batches one call on the whole video makes), and the windows run on the small per-frame slots and attention (`VideoSegmenter.decode`). Memory
   holds one native frame and one chunk at the model's resolution, whatever the video's length.
   """
-  from solv_jax.data import pipeline
+  from solv_jax.data.frames import resize_frame
 
   segmenter = loaded.segmenter
   resolution = tuple(loaded.config.data.resolution)
@@ -395,7 +395,7 @@ def segment_frames(loaded: LoadedModel, frames: Iterable[np.ndarray],
     chunk.clear()
 
   for frame in frames:
-    chunk.append(pipeline.preprocess_frames(np.asarray(frame)[None], resolution)[0])
+    chunk.append(resize_frame(np.asarray(frame), resolution))
     if len(chunk) == segmenter.frame_chunk:
       bind()
   if chunk:

@@ -61,9 +61,40 @@ def keep_host_memory(enabled: bool = True) -> bool:
     mallopt = ctypes.CDLL(None).mallopt
   except (OSError, AttributeError):
     return False
-  m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # glibc's malloc.h
+  global _KEEPING_HOST_MEMORY
+  _KEEPING_HOST_MEMORY = all(mallopt(param, value) == 1 for param, value in (
+      (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))  # -1: never trim
+  return _KEEPING_HOST_MEMORY
+
+
+# glibc's malloc.h
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -3, -4, -8
+_KEEPING_HOST_MEMORY = False
+
+
+def undo_tf_malloc_patch() -> bool:
+  """Puts glibc's malloc back after TensorFlow's change to it; returns whether it could.
+
+  The first tf.data `from_generator` iterator of a process sets M_TRIM_THRESHOLD to 128 KiB
+  (TF logs "Memory patch applied"). That undoes keep_host_memory's "never trim" and, where
+  keep_host_memory is off (a GPU host), also freezes glibc's mmap threshold at 128 KiB, so
+  that every large temporary of the input pipeline (a 720p frame in float32 is 11 MB, see
+  data/frames.py) is mapped, faulted in page by page and unmapped: 1,500 faults and 6.1 ms
+  instead of 3.9 ms a resized frame (measured; 2-core EPYC). This triggers TF's change (once
+  per process) and then restores keep_host_memory's settings if they were in effect, else
+  sets what glibc's own dynamic thresholds grow to: mmap above 32 MiB, trim above 64 MiB."""
+  import ctypes
+  import tensorflow as tf
+  spec = tf.TensorSpec((), tf.int32)
+  list(tf.data.Dataset.from_generator(lambda: iter(()), output_signature=spec))
+  try:
+    mallopt = ctypes.CDLL(None).mallopt
+  except (OSError, AttributeError):
+    return False
+  if _KEEPING_HOST_MEMORY:
+    return mallopt(_M_TRIM_THRESHOLD, -1) == 1
   return all(mallopt(param, value) == 1 for param, value in (
-      (m_arena_max, 1), (m_mmap_max, 0), (m_trim_threshold, -1)))  # -1: never trim
+      (_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 64 << 20)))
 
 
 def _accelerator_plugin_installed() -> bool:

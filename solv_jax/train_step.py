@@ -16,6 +16,7 @@ import numpy as np
 import optax
 
 from solv_jax import sharding
+from solv_jax.data.frames import normalize_frames
 from solv_jax.models.build import initial_params
 from solv_jax.models.solv import SOLV
 
@@ -94,7 +95,10 @@ def count_params(tree) -> int:
 # The step.
 # ----------------------------------------------------------------------------------------------
 def make_train_step(model: SOLV, tx, config):
-  """(state, encoder_params, batch, rng) -> (state, metrics); jit it with shardings."""
+  """(state, encoder_params, batch, rng) -> (state, metrics); jit it with shardings.
+
+  batch: 'video' (B, F, H, W, 3) uint8 frames as the input pipeline ships them, normalised
+  here on the device (float frames are taken as normalised), 'frame_mask' (B, F) bool."""
   num_steps, num_epochs = config.train.num_steps, config.train.num_epochs
   merge_on = bool(config.model.use_merge)
 
@@ -102,9 +106,10 @@ def make_train_step(model: SOLV, tx, config):
     rng = jax.random.fold_in(rng, state.step)
     r_drop, r_dropout, r_merge = jax.random.split(rng, 3)
     merge_prob = merge_probability(state.step, num_steps, num_epochs) if merge_on else 0.0
+    video = normalize_frames(batch["video"], batch["frame_mask"])  # uint8 -> (B, F, H, W, 3)
 
     def loss_fn(params):
-      out = model.apply({"params": {**params, "encoder": frozen}}, batch["video"],
+      out = model.apply({"params": {**params, "encoder": frozen}}, video,
                         batch["frame_mask"], train=True, merge_prob=merge_prob,
                         rngs={"token_drop": r_drop, "dropout": r_dropout, "merge": r_merge})
       return out["loss"], out

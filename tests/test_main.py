@@ -9,6 +9,7 @@ import pytest
 
 from solv_jax import checkpoints, evaluate, export, main, train, train_step
 from solv_jax.data import pipeline
+from solv_jax.data.frames import resize_frames
 from solv_jax.models import build
 from solv_jax.models.build import build_model
 from tests import tiny
@@ -110,7 +111,7 @@ def test_evaluation_reuses_per_frame_binding_with_identical_results(data_dir):
   state = train_step.create_train_state(config, model, tx)
   params = {**state.params, "encoder": build.encoder_params(config, model)}
   video = next(iter(pipeline.eval_videos(config)))
-  frames = np.asarray(pipeline.preprocess_frames(video["video"], config.data.resolution))
+  frames = resize_frames(video["video"], config.data.resolution)
   seg = evaluate.VideoSegmenter(model, params, batch_windows=4, frame_chunk=4)
   fast, naive = seg(frames), seg(frames, naive=True)
   np.testing.assert_allclose(fast["masks"], naive["masks"], atol=1e-5)

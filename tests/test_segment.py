@@ -3,7 +3,7 @@
 The model is the tiny config (tests/tiny.py) at its seeded initialisation, saved as a workdir
 checkpoint (as train.py leaves one) and as an export .npz (export.save_export, DINOv2 inside).
 The command's masks are checked against the evaluation protocol run here directly
-(preprocess_frames -> VideoSegmenter -> masks_to_ids at the clip's size), its summary against
+(resize_frames -> VideoSegmenter -> masks_to_ids at the clip's size), its summary against
 counts taken from the PNGs with numpy, its GIF/MP4 by reading them back with PIL/imageio, and
 its inputs' RGB conversion against PIL's own `convert("RGB")`.
 """
@@ -18,7 +18,8 @@ import pytest
 from PIL import Image, ImageSequence
 
 from solv_jax import checkpoints, evaluate, export, metrics, segment, sharding, train_step
-from solv_jax.data import pipeline, synthetic
+from solv_jax.data import synthetic
+from solv_jax.data.frames import resize_frames
 from solv_jax.models import build
 from solv_jax.models.build import build_model
 from tests.tiny import tiny_config
@@ -56,7 +57,7 @@ def clip():
 
 def _reference_ids(model, frames):
   _, _, reference, config = model
-  out = reference(pipeline.preprocess_frames(frames, tuple(config.data.resolution)))
+  out = reference(resize_frames(frames, tuple(config.data.resolution)))
   return metrics.masks_to_ids(out["masks"], out["track_ids"], out_hw=frames.shape[1:3])
 
 
@@ -292,7 +293,7 @@ def test_save_slots_writes_the_segmenters_outputs(model, clip, tmp_path):
   assert saved["slots"].dtype == np.float32 and saved["track_ids"].dtype == np.int32
   assert saved["masks"].shape == (T, k, gh, gw) and saved["token_grid"].tolist() == [gh, gw]
   # The segmenter run here directly (the evaluation protocol) gives the same arrays.
-  expected = reference(pipeline.preprocess_frames(clip, tuple(config.data.resolution)))
+  expected = reference(resize_frames(clip, tuple(config.data.resolution)))
   for key in ("slots", "masks"):
     np.testing.assert_allclose(saved[key], expected[key], rtol=1e-5, atol=1e-6, err_msg=key)
   np.testing.assert_array_equal(saved["valid"], expected["valid"])

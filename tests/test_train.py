@@ -32,6 +32,16 @@ def _batch(config, seed=0):
   return {"video": video, "frame_mask": mask}
 
 
+def _uint8_batch(config, seed=0):
+  """A batch as the input pipeline ships it: uint8 frames, zeros beyond the video's ends."""
+  rng = np.random.default_rng(seed)
+  b, (h, w) = config.train.batch_size, config.data.resolution
+  mask = np.ones((b, 5), bool)
+  mask[0, :2] = False
+  video = rng.integers(0, 256, (b, 5, h, w, 3), np.uint8) * mask[..., None, None, None]
+  return {"video": video.astype(np.uint8), "frame_mask": mask}
+
+
 def _setup(config):
   model = build_model(config)
   tx = train_step.make_optimizer(config.train)
@@ -80,16 +90,29 @@ def test_sharded_step_on_8_devices_equals_single_device():
   assert "OK" in res.stdout
 
 
-def test_nonfinite_update_is_not_applied_and_stops_with_the_step():
+def test_step_normalises_uint8_frames_and_does_not_apply_a_nonfinite_update():
   config = tiny_config()
   model, tx, frozen, state = _setup(config)
   mesh = sharding.make_mesh(jax.devices()[:1])
   step = train_step.jit_train_step(train_step.make_train_step(model, tx, config), mesh)
-  state, _ = step(state, frozen, _batch(config), jax.random.key(0))
-  before = jax.device_get(state.params)
+  # A uint8 batch, as the pipeline ships it, steps as that batch ImageNet-normalised on the
+  # host (numpy, float64, masked frames zero: the float batch the pipeline used to ship).
+  batch = _uint8_batch(config)
+  mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+  host = ((batch["video"] / 255.0 - mean) / std) * batch["frame_mask"][..., None, None, None]
+  copy = jax.tree_util.tree_map(jnp.copy, state)  # the step donates its state
+  state, m8 = step(state, frozen, batch, jax.random.key(0))
+  floats, mf = step(copy, frozen, dict(batch, video=host.astype(np.float32)),
+                    jax.random.key(0))
+  np.testing.assert_allclose(float(m8["loss"]), float(mf["loss"]), rtol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(state.params)),
+                  jax.tree_util.tree_leaves(jax.device_get(floats.params))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  # A NaN (float frames only can hold one) leaves params and moments as they were.
+  before = jax.device_get(floats.params)
   bad = _batch(config, 1)
   bad["video"][3, 2, 0, 0, 0] = np.nan
-  state, metrics = step(state, frozen, bad, jax.random.key(0))
+  state, metrics = step(floats, frozen, bad, jax.random.key(0))
   assert not np.isfinite(float(metrics["loss"]))
   after = jax.device_get(state.params)
   for a, b in zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(after)):
@@ -376,8 +399,10 @@ def test_two_runs_with_the_same_seed_are_bit_identical(e2e, compile_cache, tmp_p
 
 
 def _poison_batch(monkeypatch, step):
-  """The training iterator yields a NaN pixel in the batch of update `step` (1-based)."""
-  from solv_jax.data import pipeline
+  """The training iterator yields a NaN pixel in the batch of update `step` (1-based): that
+  batch goes to the step as float frames, normalised on the host (the step takes those as
+  they are), since uint8 frames cannot hold a NaN."""
+  from solv_jax.data import frames, pipeline
   make = pipeline.make_train_iterator
 
   class Poisoned:
@@ -390,8 +415,9 @@ def _poison_batch(monkeypatch, step):
     def __next__(self):
       batch = next(self.it)
       if self.it.step == step:
-        batch = dict(batch, video=np.array(batch["video"]))
-        batch["video"][1, 2, 5, 7, 0] = np.nan  # one pixel of one target frame
+        video = np.array(frames.normalize_frames(batch["video"], batch["frame_mask"]))
+        video[1, 2, 5, 7, 0] = np.nan  # one pixel of one target frame
+        batch = dict(batch, video=video)
       return batch
 
   monkeypatch.setattr(pipeline, "make_train_iterator",

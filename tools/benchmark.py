@@ -348,7 +348,8 @@ def bench_step(config, label: str, rate: float | None, flops_only: bool = False,
   b, (h, w) = config.train.batch_size, config.data.resolution
   f = 2 * config.data.num_context + 1
   rng = np.random.default_rng(0)
-  batch = sharding.shard_batch({"video": rng.normal(size=(b, f, h, w, 3)).astype(np.float32),
+  # uint8 frames, as the input pipeline ships them: the step normalises them on the device.
+  batch = sharding.shard_batch({"video": rng.integers(0, 256, (b, f, h, w, 3), np.uint8),
                                 "frame_mask": np.ones((b, f), bool)}, mesh)
   # The trainer's own jitted step: its shardings, its donation of the state.
   step = train_step.compiled_train_step(config, model, tx, mesh)
@@ -489,8 +490,8 @@ def bench_eval(config) -> list[dict]:
   params = build.with_encoder(jax.device_get(build.initial_params(config, model)),
                               build.encoder_params(config, model))
   h, w = config.data.resolution
-  frames = np.random.default_rng(0).normal(size=(flags.FLAGS.eval_frames, h, w, 3)).astype(
-      np.float32)
+  frames = np.random.default_rng(0).integers(0, 256, (flags.FLAGS.eval_frames, h, w, 3),
+                                             np.uint8)  # as resize_frames gives them
   seg = evaluate.VideoSegmenter(model, params, batch_windows=config.eval.batch_windows)
   out, records = {}, []
   for naive in (False, True):

@@ -3,7 +3,9 @@
 #   1. the YTVIS19 step at batch 48, DINOv2 in bfloat16, trainable layers in bfloat16
 #      (config.model.compute_dtype), with the bf16 matmul rate and a jax.profiler breakdown;
 #   2. the same step with the trainable layers in float32 (the 2026-11-25 H100 setting);
-#   3. the token-drop ratios of paper Fig. 7 that the H100 lease did not reach.
+#   3. the token-drop ratios of paper Fig. 7 that the H100 lease did not reach;
+#   4. the input pipeline on the host's cores (tools/bench_data.py, $DATA_CORES), beside the
+#      step's clips/s (issue 29); it needs tensorflow-cpu and tensorflow-datasets.
 # Each part appends its JSON lines to the folder $OUT (<part>.jsonl, <part>.log, machine.txt)
 # as it measures, so a run cut short keeps what finished; the exit status is 1 if any part
 # failed. Usage, from the repository root:
@@ -51,4 +53,13 @@ bench step_bf16 --config.model.compute_dtype=bfloat16 --what=matmul,step,profile
 bench step_f32 --config.model.compute_dtype=float32 --what=step --steps="$STEPS"
 bench drop_bf16 --config.model.compute_dtype=bfloat16 --what=drop --drop_ratios="$RATIOS" \
     --steps="$(( STEPS > 5 ? 5 : STEPS ))"
+
+echo "== data: clips/s at 336x504 from 720p JPEG records on ${DATA_CORES:=1,2,16} cores"
+"$PYTHON" tools/bench_data.py --workdir "${DATA_WORKDIR:-/tmp/bench_data}" --videos 12 \
+    --frames 20 --batch "$BATCH" --steps "$(( STEPS > 5 ? 5 : STEPS ))" --repeats 3 \
+    --cores "$DATA_CORES" --skip_synthetic > "$OUT/data.log" 2>&1
+rc=$?
+tail -n 8 "$OUT/data.log"
+echo "== data: exit $rc"
+[ "$rc" -eq 0 ] || failed=1
 exit "$failed"

@@ -1,6 +1,7 @@
 """Input pipelines (SPEC §6-§8).
 
-  pipeline.py    check_data, preprocess_frames, make_train_iterator, eval_videos
+  pipeline.py    check_data, make_train_iterator (uint8 batches), eval_videos
+  frames.py      resize_frames (host, uint8) and normalize_frames (device): the one resize
   sources.py     config.data -> TFDS builder + video index (one reading path)
   movi.py        MOVi-E from Kubric's TFDS release (gs://kubric-public/tfds)
   convert.py     YTVIS19 / DAVIS17 raw layouts -> TFDS records (tools/convert_*.py)

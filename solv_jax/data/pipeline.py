@@ -4,9 +4,10 @@ Training. A sample is one frame t of a video with its window t-n ... t+n of
 consecutive stored frames (F = 2n+1, target in the middle); frames beyond the
 video's ends are zeros with frame_mask False. An epoch visits every (video, t)
 of the training splits once. Batches are numpy dicts
-    'video':      (B, F, H, W, 3) float32, ImageNet-normalised
+    'video':      (B, F, H, W, 3) uint8 at config.data.resolution (frames.resize_frames)
     'frame_mask': (B, F) bool
-with B the per-host batch (global batch / process_count).
+with B the per-host batch (global batch / process_count). The ImageNet normalisation is the
+step's (frames.normalize_frames, on the device), so a batch is a quarter of float32's bytes.
 
 Order and resume. The order of clips is a pure function of (dataset, seed,
 shuffle_buffer): for epoch e the read units (TFRecord shards) are permuted with
@@ -18,10 +19,17 @@ The iterator's whole state is the number of batches consumed: `get_state()`
 returns it with a fingerprint of what defines the order (a JSON-able dict the
 trainer stores in its checkpoint), `set_state(state)` restarts the stream at
 that batch, reproducing exactly the batches an uninterrupted run would have
-produced; `save(path)`/`restore(path)` do the same through a JSON file. Each host streams, in
-block order, the TFRecord shards holding its clips (one tf.data pipeline that
-reads ahead and parses only `video`, frames left encoded), keeps one block of
-encoded videos in memory, and decodes only the frames of its clips.
+produced; `save(path)`/`restore(path)` do the same through a JSON file.
+
+Decoding. Each host streams, in block order, the TFRecord shards holding its clips (read
+ahead, only `video` parsed, frames left encoded). Per block, a Python generator lists the
+frames this host's clips of the block use, each once, and where each clip's window finds
+them; tf.data decodes and resizes those frames in parallel and cuts the clips out of the
+decoded block with one gather each. A block holds every clip of its videos, so a frame is
+decoded once an epoch (decoding per clip did it up to F times); with several hosts, a frame
+whose windows went to several hosts is decoded on each. Two blocks are in flight: the next
+one decodes while the current one is cut into batches, so memory holds about two blocks of
+frames at the training resolution (shuffle_buffer clips a block, 0.5 MB a frame at 336x504).
 
 Evaluation. `eval_videos` yields whole videos at native resolution (after the
 converters' border crop) with int32 ground truth, -1 = void (stored id 255), in
@@ -50,43 +58,11 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from solv_jax.data import frames as frames_lib
 from solv_jax.data import sources
 from solv_jax.data import synthetic
-from solv_jax.models.dinov2 import IMAGENET_MEAN, IMAGENET_STD  # SPEC §1
 
 YTVIS_EVAL_RANGE = (600, 900)  # videos of train.json used by the authors
-
-
-# ----------------------------------------------------------------------------
-# The one resize + normalisation
-
-
-def preprocess_frames(frames, resolution: Sequence[int]):
-  """uint8 (..., H0, W0, 3) -> float32 (..., H, W, 3), ImageNet-normalised.
-
-  Bilinear resize to exactly `resolution` (aspect not kept), antialiased when
-  shrinking like PIL's bilinear resize used by the authors' torchvision
-  pipeline; identity when the size already matches. Numpy in, numpy out; a
-  tf.Tensor in gives a tf.Tensor (this is how the training pipeline calls it).
-  """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  as_numpy = not isinstance(frames, tf.Tensor)
-  x = tf.convert_to_tensor(frames)
-  if x.dtype != tf.uint8:
-    raise TypeError(f"preprocess_frames expects uint8 frames, got {x.dtype.name}.")
-  if x.shape.rank is None or x.shape.rank < 3 or x.shape[-1] != 3:
-    raise ValueError(f"Expected frames of shape (..., H, W, 3), got {x.shape}.")
-  height, width = (int(r) for r in resolution)
-  rank = x.shape.rank
-  if rank > 4:  # tf.image.resize takes (H, W, C) or (N, H, W, C)
-    lead = tf.shape(x)[:-3]
-    x = tf.reshape(x, tf.concat([[-1], tf.shape(x)[-3:]], 0))  # (N, H0, W0, 3)
-  x = tf.image.resize(tf.cast(x, tf.float32), (height, width),
-                      method="bilinear", antialias=True)
-  x = (x / 255.0 - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
-  if rank > 4:
-    x = tf.reshape(x, tf.concat([lead, [height, width, 3]], 0))
-  return x.numpy() if as_numpy else x
 
 
 # ----------------------------------------------------------------------------
@@ -233,6 +209,9 @@ class TrainIterator:
           f"but the longest training video of {source.name} {list(splits)} has "
           f"{longest}; lower config.data.num_context.")
     self.order = ClipOrder(chunks, chunk_clips, seed, shuffle_buffer)
+    self._gid_lengths = np.concatenate([source.lengths(s) for s in splits])  # by gid
+    self._key_stride = longest + 1  # frame key = gid * stride + frame index
+    self._decode_threads = max(1, len(os.sched_getaffinity(0)))
     mean_length = self.order.clips_per_epoch / max(
         1, sum(len(source.lengths(s)) for s in splits))
     self._videos_ahead = int(np.clip(shuffle_buffer / mean_length, 8, 256))
@@ -311,7 +290,7 @@ class TrainIterator:
     if lost is not None:  # from_generator hands it on as an UnknownError
       return self.source.damaged_record_error(self._files_from(self._step), lost)
     if isinstance(error, tf.errors.InvalidArgumentError) and sources.is_decode_error(error):
-      return self.source.bad_frame_error(self._batch_videos(self._step), error)
+      return self.source.bad_frame_error(self._decoding_videos(self._step), error)
     return None
 
   def _files_from(self, step: int) -> list[str]:
@@ -320,13 +299,20 @@ class TrainIterator:
     ahead = itertools.islice(self._record_files(step), 2 * len(every))
     return list(dict.fromkeys([f for f, _, _ in ahead] + every))
 
-  def _batch_videos(self, step: int) -> list[tuple[str, int]]:
-    """(split, index) of the videos in this host's part of global batch `step`."""
+  def _decoding_videos(self, step: int) -> list[tuple[str, int]]:
+    """(split, index) of the videos whose frames this host decodes for the blocks that global
+    batch `step` touches and the block after them (a block's frames are all decoded before
+    its first clip is cut), the batch's own videos first."""
     B, b, p = self.batch_size, self.local_batch, self.process_index
-    clips = self.order.clips_at(step * B, (step + 1) * B)[p * b:(p + 1) * b]
+    batch = self.order.clips_at(step * B, (step + 1) * B)[p * b:(p + 1) * b]
+    gids, end = batch[:, 0].tolist(), (step + 1) * B
+    for block in self.order.blocks_from(step * B):
+      gids += self._plan(block, step * B)[0][:, 0].tolist()
+      if block.start >= end:  # the first block after the batch's
+        break
     starts = sorted(self._offsets.items(), key=lambda kv: kv[1])
     videos = []
-    for gid in dict.fromkeys(clips[:, 0].tolist()):
+    for gid in dict.fromkeys(int(g) for g in gids):
       split, offset = [kv for kv in starts if kv[1] <= gid][-1]
       videos.append((split, gid - offset))
     return videos
@@ -340,6 +326,8 @@ class TrainIterator:
   def _build(self, step: int):
     """The numpy iterator of batches from global batch `step` on."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from solv_jax import sharding  # pylint: disable=g-import-not-at-top
+    sharding.undo_tf_malloc_patch()  # before the decoding threads take their arenas
     self._read_error = None
     # Stream 1: the records this host needs, in block order, read in sequence.
     parse = self.source.encoded_video_parser()
@@ -351,51 +339,74 @@ class TrainIterator:
         lambda f, skip, take: tf.data.TFRecordDataset(f).skip(skip).take(take),
         cycle_length=1)  # sequential: records arrive in block order
     records = records.map(parse).prefetch(self._videos_ahead)
-    # Stream 2: clips cut from those videos, decoded and batched in parallel.
+    # Stream 2: per block, its frames (encoded, each once) and each clip's rows in them.
     F = self.num_frames
-    clips = tf.data.Dataset.from_generator(
-        lambda: self._clips(step, records.as_numpy_iterator()),
-        output_signature=(tf.TensorSpec((F,), tf.string), tf.TensorSpec((F,), tf.bool)))
-    clips = clips.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE,
-                      deterministic=True)
+    blocks = tf.data.Dataset.from_generator(
+        lambda: self._blocks(step, records.as_numpy_iterator()),
+        output_signature=(tf.TensorSpec((None,), tf.string),
+                          tf.TensorSpec((None, F), tf.int32),
+                          tf.TensorSpec((None, F), tf.bool)))
+    # Decoded blocks, one ahead: the next one decodes while the current one is cut.
+    blocks = blocks.flat_map(self._decode_block).prefetch(1)
+    clips = blocks.flat_map(lambda frames, rows, mask: tf.data.Dataset.from_tensor_slices(
+        (rows, mask)).map(lambda r, m: (tf.gather(frames, r), m)))
     clips = clips.batch(self.local_batch, drop_remainder=True)
     clips = clips.map(lambda v, m: {"video": v, "frame_mask": m})
     return clips.prefetch(self.prefetch).as_numpy_iterator()
 
-  def _decode(self, encoded, mask):
-    """(F,) encoded frames + mask -> (F, H, W, 3) float32, zeros where masked."""
+  def _decode_block(self, encoded, rows, mask):
+    """One block's (N,) encoded frames -> one element: the frames decoded and resized in
+    parallel, as (N + 1, H, W, 3) uint8 whose row 0 is the zero frame that masked window
+    slots point at, with the block's rows and mask passed through."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     H, W = self.resolution
-    frames = []
-    for i in range(self.num_frames):
-      frames.append(tf.cond(
-          mask[i],
-          lambda i=i: preprocess_frames(tf.io.decode_image(
-              encoded[i], channels=3, expand_animations=False), (H, W)),
-          lambda: tf.zeros((H, W, 3), tf.float32)))
-    return tf.stack(frames), mask
+    zero = tf.data.Dataset.from_tensors(tf.zeros((H, W, 3), tf.uint8))
+    decoded = tf.data.Dataset.from_tensor_slices(encoded).map(
+        self._decode_frame, num_parallel_calls=self._decode_threads, deterministic=True)
+    frames = zero.concatenate(decoded).batch(1 << 30)  # one element: the whole block
+    return frames.map(lambda f: (f, rows, mask))
+
+  def _decode_frame(self, encoded):
+    """Encoded frame -> (H, W, 3) uint8 at the training resolution (frames.resize_frame)."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    H, W = self.resolution
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    frame = tf.numpy_function(lambda x: frames_lib.resize_frame(x, (H, W)), [image],
+                              tf.uint8, stateful=False)
+    return tf.ensure_shape(frame, (H, W, 3))
 
   def _plans(self, step: int) -> Iterator[tuple[np.ndarray, list[int]]]:
     """Per block from global batch `step` on: (this host's clips, chunks to read)."""
+    for block in self.order.blocks_from(step * self.batch_size):
+      yield self._plan(block, step * self.batch_size)
+
+  def _plan(self, block: _Block, position: int) -> tuple[np.ndarray, list[int]]:
+    """This host's clips of `block` from stream `position` on, and the chunks holding them."""
     B, b, p = self.batch_size, self.local_batch, self.process_index
-    position = step * B
-    for block in self.order.blocks_from(position):
-      pos = block.start + np.arange(len(block.clips))
-      clips = block.clips[(pos >= position) & ((pos % B) // b == p)]
-      wanted = set(clips[:, 0].tolist())
-      chunks = [c for c in block.chunks
-                if any(g in wanted for g in range(*self._chunk_gids[c]))]
-      yield clips, chunks
+    pos = block.start + np.arange(len(block.clips))
+    clips = block.clips[(pos >= position) & ((pos % B) // b == p)]
+    wanted = set(clips[:, 0].tolist())
+    chunks = [c for c in block.chunks
+              if any(g in wanted for g in range(*self._chunk_gids[c]))]
+    return clips, chunks
 
   def _record_files(self, step: int) -> Iterator[tuple[str, int, int]]:
     for _, chunks in self._plans(step):
       for c in chunks:
         yield from self._chunk_files[c]
 
-  def _clips(self, step: int, records) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """This host's clips from global batch `step` on: (F,) bytes, (F,) bool."""
+  def _windows(self, clips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Clips (M, 2) rows (gid, t) -> frame keys (M, F) gid * stride + frame, and the mask of
+    the frames inside their video (M, F)."""
+    idx = clips[:, 1:2] - self.num_context + np.arange(self.num_frames)  # (M, F)
+    valid = (idx >= 0) & (idx < self._gid_lengths[clips[:, :1]])
+    return clips[:, :1] * self._key_stride + idx, valid
+
+  def _blocks(self, step: int, records) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per block from global batch `step` on, this host's part: its frames (N,) bytes, each
+    once, in record order; its clips' rows (M, F) int32 into [zero frame, frames...]; their
+    mask (M, F) bool."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    n, F = self.num_context, self.num_frames
     for clips, chunks in self._plans(step):
       videos = {}
       for c in chunks:
@@ -405,12 +416,16 @@ class TrainIterator:
           except tf.errors.DataLossError as e:  # leaves this generator as UnknownError
             self._read_error = e
             raise
-      for gid, t in clips:
-        frames = videos[gid]
-        idx = t - n + np.arange(F)
-        valid = (idx >= 0) & (idx < len(frames))
-        yield (np.array([frames[i] if ok else b"" for i, ok in zip(idx, valid)],
-                        dtype=object), valid)
+      if not len(clips):
+        continue
+      keys, valid = self._windows(clips)
+      needed = np.unique(keys[valid])  # sorted: videos in gid order, frames in time order
+      rows = np.zeros(keys.shape, np.int32)
+      rows[valid] = 1 + np.searchsorted(needed, keys[valid])
+      stride = self._key_stride
+      encoded = np.array([videos[k // stride][k % stride] for k in needed.tolist()],
+                         dtype=object)
+      yield encoded, rows, valid
 
 
 def data_config_of(config):

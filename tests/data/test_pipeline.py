@@ -3,55 +3,21 @@
 import os
 import re
 
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
-import torch
-from PIL import Image
 
 from solv_jax.data import convert
+from solv_jax.data import frames as frames_lib
 from solv_jax.data import pipeline
+from solv_jax.data import sources
 from solv_jax.data import synthetic
 from tests.data.conftest import TINY_SYNTHETIC
 from tests.data.raw_fixtures import make_ytvis, save_palette_png
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
-
-
-def _pixels(x):
-  """Undo the ImageNet normalisation: back to [0, 255] floats."""
-  return (np.asarray(x) * STD + MEAN) * 255
-
-
-# -- preprocess_frames ----------------------------------------------------------
-
-
-@pytest.mark.parametrize("size", [(21, 30), (70, 96)])  # shrink and enlarge
-def test_preprocess_matches_pil_and_torch_bilinear(size):
-  rng = np.random.default_rng(0)
-  frames = rng.integers(0, 256, (2, 45, 61, 3), dtype=np.uint8)
-  out = pipeline.preprocess_frames(frames, size)
-  assert out.shape == (2, *size, 3) and out.dtype == np.float32
-
-  ref = torch.nn.functional.interpolate(
-      torch.from_numpy(frames).permute(0, 3, 1, 2).double(), size=size,
-      mode="bilinear", antialias=True, align_corners=False).permute(0, 2, 3, 1)
-  np.testing.assert_allclose(_pixels(out), ref.numpy(), atol=2e-3)
-  pil = np.stack([np.asarray(Image.fromarray(f).resize(size[::-1], Image.BILINEAR))
-                  for f in frames])
-  assert np.abs(_pixels(out) - pil).max() <= 1.0  # PIL rounds to uint8
-
-  # Same size: only the normalisation. Leading dims and tf tensors pass through.
-  same = pipeline.preprocess_frames(frames, (45, 61))
-  np.testing.assert_allclose(same, (frames / 255.0 - MEAN) / STD, atol=1e-5)
-  many = pipeline.preprocess_frames(frames.reshape(1, 2, 45, 61, 3), size)
-  np.testing.assert_allclose(many[0], out, atol=1e-6)
-  as_tf = pipeline.preprocess_frames(tf.constant(frames[0]), size)
-  assert isinstance(as_tf, tf.Tensor)
-  np.testing.assert_allclose(as_tf.numpy(), out[0], atol=1e-6)
-  with pytest.raises(TypeError, match="uint8"):
-    pipeline.preprocess_frames(frames.astype(np.float32), size)
 
 
 # -- clip order -------------------------------------------------------------------
@@ -82,17 +48,24 @@ def test_clip_order_is_a_seeded_permutation_per_epoch():
 
 
 def _expected_batch(cfg, it, step, batch):
-  """Window clips of global batch `step`, rebuilt from the generator itself."""
-  videos, masks = [], []
+  """Window clips of global batch `step`, rebuilt from the generator itself: as the host
+  shipped them up to a9867dd (float32, tf.image.resize antialiased bilinear, ImageNet-
+  normalised, zeros beyond the video's ends), and as uint8 from frames.resize_frames."""
+  videos, uint8, masks = [], [], []
   for gid, t in it.order.clips_at(step * batch, (step + 1) * batch):
     frames, _ = synthetic.generate_video(cfg, synthetic.video_rng(cfg, "train", gid))
     idx = t - 2 + np.arange(5)
     ok = (idx >= 0) & (idx < len(frames))
     clip = np.zeros((5, 28, 42, 3), np.float32)
-    clip[ok] = pipeline.preprocess_frames(frames[idx[ok]], (28, 42))
+    resized = tf.image.resize(tf.cast(frames[idx[ok]], tf.float32), (28, 42),
+                              method="bilinear", antialias=True).numpy()
+    clip[ok] = (resized / 255.0 - MEAN) / STD
+    small = np.zeros((5, 28, 42, 3), np.uint8)
+    small[ok] = frames_lib.resize_frames(frames[idx[ok]], (28, 42))
     videos.append(clip)
+    uint8.append(small)
     masks.append(ok)
-  return np.stack(videos), np.stack(masks)
+  return np.stack(videos), np.stack(uint8), np.stack(masks)
 
 
 def test_train_batches_content_hosts_and_resume(synthetic_dir, data_config, tmp_path):
@@ -101,13 +74,21 @@ def test_train_batches_content_hosts_and_resume(synthetic_dir, data_config, tmp_
   it = pipeline.make_train_iterator(cfg, 4, 0, 1, seed=7)
   assert it.order.clips_per_epoch == 6 * 6
   batches = [next(it) for _ in range(12)]  # > 1 epoch (9 steps)
+  normalize = jax.jit(frames_lib.normalize_frames)
   for step in (0, 5, 10):
-    video, mask = _expected_batch(scfg, it, step, 4)
+    video, uint8, mask = _expected_batch(scfg, it, step, 4)
     assert batches[step]["video"].shape == (4, 5, 28, 42, 3)
-    assert batches[step]["video"].dtype == np.float32
+    assert batches[step]["video"].dtype == np.uint8
     assert batches[step]["frame_mask"].dtype == np.bool_
     np.testing.assert_array_equal(batches[step]["frame_mask"], mask)
-    np.testing.assert_allclose(batches[step]["video"], video, atol=1e-5)
+    # The frames are those every other path makes (evaluation, segment: resize_frames) ...
+    np.testing.assert_array_equal(batches[step]["video"], uint8)
+    # ... and, normalised on the device, the float batch the host used to ship, to within
+    # the rounding to uint8: at most 0.5/255 before normalisation.
+    on_device = np.asarray(normalize(batches[step]["video"], batches[step]["frame_mask"]))
+    assert on_device.dtype == np.float32
+    assert np.abs((on_device - video) * STD * 255).max() <= 0.5 + 1e-4
+    assert np.abs((on_device - video) * STD * 255).max() > 0.01  # it did round
 
   # Video ends: t = 0 and t = T-1 mask the frames outside and zero-fill them.
   clips = it.order.clips_at(0, 36)
@@ -215,6 +196,33 @@ def test_ytvis_eval_subsets(tmp_path, data_config, monkeypatch):
   batch = next(disjoint)
   assert batch["video"].shape == (2, 3, 28, 42, 3)
   for x in (authors, disjoint):
+    x.close()
+
+  # Clips equal the evaluation path's frames (decoded records, resize_frames), across blocks:
+  # with shuffle_buffer=2 each split's shard is a block (17, 4 and 3 clips a epoch), so batches
+  # of 2 and of 5 straddle block and epoch boundaries; two hosts get the halves.
+  cfg.update(ytvis_eval_subset="authors", shuffle_buffer=2)
+  source = sources.open_source(cfg)
+  native = [v["video"] for split in ("train", "valid", "test")
+            for v in source.read_eval_videos(split).as_numpy_iterator()]
+  for batch_size in (2, 5):
+    it = pipeline.make_train_iterator(cfg, batch_size, 0, 1, seed=3)
+    assert len(it.order.epoch_blocks(0)) == 3
+    clips = it.order.clips_at(0, 12 * batch_size)
+    got = np.concatenate([next(it)["video"] for _ in range(12)])
+    for (gid, t), clip in zip(clips, got):
+      frames = native[gid]
+      for i, f in enumerate(range(t - 1, t + 2)):
+        expected = (frames_lib.resize_frame(frames[f], (28, 42)) if 0 <= f < len(frames)
+                    else np.zeros((28, 42, 3), np.uint8))
+        np.testing.assert_array_equal(clip[i], expected, err_msg=f"{gid} {t} {i}")
+    it.close()
+  hosts = [pipeline.make_train_iterator(cfg, 1, p, 2, seed=3) for p in (0, 1)]
+  single = pipeline.make_train_iterator(cfg, 2, 0, 1, seed=3)
+  for _ in range(14):
+    np.testing.assert_array_equal(np.concatenate([next(h)["video"] for h in hosts]),
+                                  next(single)["video"])
+  for x in (*hosts, single):
     x.close()
   assert [v["video_name"] for v in pipeline.eval_videos(cfg)] == ["v1", "v2"]
 
