@@ -38,13 +38,16 @@ def _resize_matrix(size_in: int, size_out: int):
 
 
 def resize_frame(frame: np.ndarray, resolution: Sequence[int]) -> np.ndarray:
-  """One uint8 frame (H0, W0, 3) -> uint8 (H, W, 3) at `resolution`, rounded; a copy."""
+  """One uint8 frame (H0, W0, 3) -> uint8 (H, W, 3) at `resolution`, rounded; a copy.
+
+  The frame may also come as float32 holding its uint8 values (the training pipeline casts
+  in TF, which is faster than numpy's cast)."""
   frame = np.asarray(frame)
   h0, w0, c = frame.shape
   h, w = (int(r) for r in resolution)
   if (h0, w0) == (h, w):
-    return frame.copy()
-  x = frame.reshape(h0, w0 * c).astype(np.float32)
+    return frame.astype(np.uint8)
+  x = frame.reshape(h0, w0 * c).astype(np.float32, copy=False)
   x = _resize_matrix(h0, h) @ x                                          # (H, W0 * 3)
   # Transposed as (H, W0) pixels of 12 bytes: twice as fast as numpy's (1, 0, 2) transpose.
   pixels = np.dtype((np.void, 4 * c))

@@ -371,8 +371,8 @@ class TrainIterator:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     H, W = self.resolution
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    frame = tf.numpy_function(lambda x: frames_lib.resize_frame(x, (H, W)), [image],
-                              tf.uint8, stateful=False)
+    frame = tf.numpy_function(lambda x: frames_lib.resize_frame(x, (H, W)),
+                              [tf.cast(image, tf.float32)], tf.uint8, stateful=False)
     return tf.ensure_shape(frame, (H, W, 3))
 
   def _plans(self, step: int) -> Iterator[tuple[np.ndarray, list[int]]]:
