@@ -213,7 +213,7 @@ def test_eval_and_train_read_only_what_they_use(kubric_dir, data_config, monkeyp
   batch = next(it)
   it.close()
   assert batch["video"].shape == (4, 5, 28, 28, 3)
-  assert batch["video"].dtype == np.float32
+  assert batch["video"].dtype == np.uint8  # normalised on the device, in the step
 
   # Only uint8 frames, the name and num_instances were ever decoded: no depth,
   # flow, normals, object coordinates, instances, camera or events.
