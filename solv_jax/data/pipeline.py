@@ -211,7 +211,7 @@ class TrainIterator:
     self.order = ClipOrder(chunks, chunk_clips, seed, shuffle_buffer)
     self._gid_lengths = np.concatenate([source.lengths(s) for s in splits])  # by gid
     self._key_stride = longest + 1  # frame key = gid * stride + frame index
-    self._decode_threads = max(1, len(os.sched_getaffinity(0)))
+    self._decode_threads = _usable_cores()
     mean_length = self.order.clips_per_epoch / max(
         1, sum(len(source.lengths(s)) for s in splits))
     self._videos_ahead = int(np.clip(shuffle_buffer / mean_length, 8, 256))
@@ -339,32 +339,49 @@ class TrainIterator:
         lambda f, skip, take: tf.data.TFRecordDataset(f).skip(skip).take(take),
         cycle_length=1)  # sequential: records arrive in block order
     records = records.map(parse).prefetch(self._videos_ahead)
-    # Stream 2: per block, its frames (encoded, each once) and each clip's rows in them.
-    F = self.num_frames
-    blocks = tf.data.Dataset.from_generator(
+    # Stream 2: per block, its frames (encoded, each once) and where its batches find them.
+    F, b = self.num_frames, self.local_batch
+    rows = lambda *shape: tf.TensorSpec((None, *shape), tf.int32)  # noqa: E731
+    masks = lambda *shape: tf.TensorSpec((None, *shape), tf.bool)  # noqa: E731
+    plans = tf.data.Dataset.from_generator(
         lambda: self._blocks(step, records.as_numpy_iterator()),
-        output_signature=(tf.TensorSpec((None,), tf.string),
-                          tf.TensorSpec((None, F), tf.int32),
-                          tf.TensorSpec((None, F), tf.bool)))
+        output_signature=dict(
+            encoded=tf.TensorSpec((None,), tf.string), first_carry=rows(F),
+            first_new=rows(F), first_mask=masks(F), rows=rows(b, F), mask=masks(b, F),
+            keep_carry=rows(), keep_new=rows()))
     # Decoded blocks, one ahead: the next one decodes while the current one is cut.
-    blocks = blocks.flat_map(self._decode_block).prefetch(1)
-    clips = blocks.flat_map(lambda frames, rows, mask: tf.data.Dataset.from_tensor_slices(
-        (rows, mask)).map(lambda r, m: (tf.gather(frames, r), m)))
-    clips = clips.batch(self.local_batch, drop_remainder=True)
-    clips = clips.map(lambda v, m: {"video": v, "frame_mask": m})
-    return clips.prefetch(self.prefetch).as_numpy_iterator()
+    blocks = plans.flat_map(self._decode_block).prefetch(1)
+    H, W = self.resolution
 
-  def _decode_block(self, encoded, rows, mask):
+    def carry_over(carry, block):  # carry: the frames of the clips left for the next batch
+      frames, plan = block
+      kept = tf.concat([tf.gather(carry, plan["keep_carry"]),
+                        tf.gather(frames, plan["keep_new"])], 0)
+      return kept, (carry, frames, plan)
+
+    def cut(carry, frames, plan):  # one gather a batch, two for the one that straddles
+      first = tf.concat([tf.gather(carry, plan["first_carry"]),
+                         tf.gather(frames, plan["first_new"])], 0)
+      first = tf.data.Dataset.from_tensors((first, plan["first_mask"])).filter(
+          lambda v, m: tf.shape(m)[0] > 0)
+      return first.concatenate(tf.data.Dataset.from_tensor_slices(
+          (plan["rows"], plan["mask"])).map(lambda r, m: (tf.gather(frames, r), m)))
+
+    batches = blocks.scan(tf.zeros((1, H, W, 3), tf.uint8), carry_over).flat_map(cut)
+    batches = batches.map(lambda v, m: {"video": v, "frame_mask": m})
+    return batches.prefetch(self.prefetch).as_numpy_iterator()
+
+  def _decode_block(self, plan):
     """One block's (N,) encoded frames -> one element: the frames decoded and resized in
     parallel, as (N + 1, H, W, 3) uint8 whose row 0 is the zero frame that masked window
-    slots point at, with the block's rows and mask passed through."""
+    slots point at, with the block's plan passed through."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     H, W = self.resolution
     zero = tf.data.Dataset.from_tensors(tf.zeros((H, W, 3), tf.uint8))
-    decoded = tf.data.Dataset.from_tensor_slices(encoded).map(
+    decoded = tf.data.Dataset.from_tensor_slices(plan["encoded"]).map(
         self._decode_frame, num_parallel_calls=self._decode_threads, deterministic=True)
     frames = zero.concatenate(decoded).batch(1 << 30)  # one element: the whole block
-    return frames.map(lambda f: (f, rows, mask))
+    return frames.map(lambda f: (f, plan))
 
   def _decode_frame(self, encoded):
     """Encoded frame -> (H, W, 3) uint8 at the training resolution (frames.resize_frame)."""
@@ -402,11 +419,23 @@ class TrainIterator:
     valid = (idx >= 0) & (idx < self._gid_lengths[clips[:, :1]])
     return clips[:, :1] * self._key_stride + idx, valid
 
-  def _blocks(self, step: int, records) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per block from global batch `step` on, this host's part: its frames (N,) bytes, each
-    once, in record order; its clips' rows (M, F) int32 into [zero frame, frames...]; their
-    mask (M, F) bool."""
+  def _blocks(self, step: int, records) -> Iterator[dict[str, np.ndarray]]:
+    """Per block from global batch `step` on, this host's part, as the plan `_build` runs:
+      encoded      (N,) bytes: the frames its clips use that the carry lacks, each once, in
+                   record order; decoded, they are rows 1..N of the block's frames, row 0
+                   the zero frame that masked window slots point at;
+      first_*      the batch that finishes the clips carried over from earlier blocks (none if
+                   no clip was carried or the block cannot complete it): their rows (c, F)
+                   into the carry, then (b - c, F) into the block's frames, and its mask;
+      rows, mask   (n, b, F): the block's further batches, rows into its frames;
+      keep_*       the rows of the carry and of the block's frames that the clips left over
+                   (fewer than b) need: the next carry, row 0 again the zero frame.
+    A batch is one gather of its rows, so its frames are copied once."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    b, F, stride = self.local_batch, self.num_frames, self._key_stride
+    carried = np.zeros((0, 2), np.int64)  # clips not yet in a batch, in stream order
+    carry, carry_size = {}, 1  # frame key -> its row in the carry; its rows, zero frame too
+    no_rows = np.zeros((0, F), np.int32)
     for clips, chunks in self._plans(step):
       videos = {}
       for c in chunks:
@@ -422,10 +451,46 @@ class TrainIterator:
       needed = np.unique(keys[valid])  # sorted: videos in gid order, frames in time order
       rows = np.zeros(keys.shape, np.int32)
       rows[valid] = 1 + np.searchsorted(needed, keys[valid])
-      stride = self._key_stride
       encoded = np.array([videos[k // stride][k % stride] for k in needed.tolist()],
                          dtype=object)
-      yield encoded, rows, valid
+      c, m = len(carried), len(clips)
+      plan = dict(encoded=encoded, first_carry=no_rows, first_new=no_rows,
+                  first_mask=no_rows.astype(bool))
+      if c + m < b:  # no batch completes: every clip waits, with all the frames
+        plan.update(rows=np.zeros((0, b, F), np.int32), mask=np.zeros((0, b, F), bool),
+                    keep_carry=np.arange(carry_size, dtype=np.int32),
+                    keep_new=np.arange(1, len(needed) + 1, dtype=np.int32))
+        carry.update({k: carry_size + i for i, k in enumerate(needed.tolist())})
+        carry_size += len(needed)
+        carried = np.concatenate([carried, clips])
+        yield plan
+        continue
+      start = 0
+      if c:  # the carried clips and the block's first b - c clips make one batch
+        start = b - c
+        carry_keys, carry_valid = self._windows(carried)
+        first_carry = np.zeros(carry_keys.shape, np.int32)
+        first_carry[carry_valid] = [carry[k] for k in carry_keys[carry_valid].tolist()]
+        plan.update(first_carry=first_carry, first_new=rows[:start],
+                    first_mask=np.concatenate([carry_valid, valid[:start]]))
+      n = (m - start) // b
+      stop = start + n * b
+      tail = np.unique(keys[stop:][valid[stop:]])
+      plan.update(rows=rows[start:stop].reshape(n, b, F),
+                  mask=valid[start:stop].reshape(n, b, F),
+                  keep_carry=np.zeros(0, np.int32),
+                  keep_new=np.concatenate([[0], 1 + np.searchsorted(needed, tail)]).astype(
+                      np.int32))
+      carry, carry_size = {k: 1 + i for i, k in enumerate(tail.tolist())}, 1 + len(tail)
+      carried = clips[stop:]
+      yield plan
+
+
+def _usable_cores() -> int:
+  """The cores this process may run on (its affinity where the OS has one, as on Linux)."""
+  if hasattr(os, "sched_getaffinity"):
+    return max(1, len(os.sched_getaffinity(0)))
+  return max(1, os.cpu_count() or 1)
 
 
 def data_config_of(config):
