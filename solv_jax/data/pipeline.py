@@ -24,8 +24,10 @@ produced; `save(path)`/`restore(path)` do the same through a JSON file.
 Decoding. Each host streams, in block order, the TFRecord shards holding its clips (read
 ahead, only `video` parsed, frames left encoded). Per block, a Python generator lists the
 frames this host's clips of the block use, each once, and where each clip's window finds
-them; tf.data decodes and resizes those frames in parallel and cuts the clips out of the
-decoded block with one gather each. A block holds every clip of its videos, so a frame is
+them; tf.data decodes and resizes those frames in parallel and cuts each batch out of the
+decoded block with one gather. A batch that straddles two blocks takes its first clips from a
+small carry: the frames of the clips the last block left over (fewer than a batch), kept
+across blocks by a tf.data scan. A block holds every clip of its videos, so a frame is
 decoded once an epoch (decoding per clip did it up to F times); with several hosts, a frame
 whose windows went to several hosts is decoded on each. Two blocks are in flight: the next
 one decodes while the current one is cut into batches, so memory holds about two blocks of
@@ -353,19 +355,20 @@ class TrainIterator:
     blocks = plans.flat_map(self._decode_block).prefetch(1)
     H, W = self.resolution
 
+    # Blocks are dicts (tf.data unpacks a tuple into arguments, a dict never).
     def carry_over(carry, block):  # carry: the frames of the clips left for the next batch
-      frames, plan = block
-      kept = tf.concat([tf.gather(carry, plan["keep_carry"]),
-                        tf.gather(frames, plan["keep_new"])], 0)
-      return kept, (carry, frames, plan)
+      kept = tf.concat([tf.gather(carry, block["keep_carry"]),
+                        tf.gather(block["frames"], block["keep_new"])], 0)
+      return kept, dict(block, carry=carry)
 
-    def cut(carry, frames, plan):  # one gather a batch, two for the one that straddles
-      first = tf.concat([tf.gather(carry, plan["first_carry"]),
-                         tf.gather(frames, plan["first_new"])], 0)
-      first = tf.data.Dataset.from_tensors((first, plan["first_mask"])).filter(
+    def cut(block):  # one gather a batch, two for the one that straddles
+      frames = block["frames"]
+      first = tf.concat([tf.gather(block["carry"], block["first_carry"]),
+                         tf.gather(frames, block["first_new"])], 0)
+      first = tf.data.Dataset.from_tensors((first, block["first_mask"])).filter(
           lambda v, m: tf.shape(m)[0] > 0)
       return first.concatenate(tf.data.Dataset.from_tensor_slices(
-          (plan["rows"], plan["mask"])).map(lambda r, m: (tf.gather(frames, r), m)))
+          (block["rows"], block["mask"])).map(lambda r, m: (tf.gather(frames, r), m)))
 
     batches = blocks.scan(tf.zeros((1, H, W, 3), tf.uint8), carry_over).flat_map(cut)
     batches = batches.map(lambda v, m: {"video": v, "frame_mask": m})
@@ -373,15 +376,15 @@ class TrainIterator:
 
   def _decode_block(self, plan):
     """One block's (N,) encoded frames -> one element: the frames decoded and resized in
-    parallel, as (N + 1, H, W, 3) uint8 whose row 0 is the zero frame that masked window
-    slots point at, with the block's plan passed through."""
+    parallel, as 'frames' (N + 1, H, W, 3) uint8 whose row 0 is the zero frame that masked
+    window slots point at, beside the block's plan."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     H, W = self.resolution
     zero = tf.data.Dataset.from_tensors(tf.zeros((H, W, 3), tf.uint8))
     decoded = tf.data.Dataset.from_tensor_slices(plan["encoded"]).map(
         self._decode_frame, num_parallel_calls=self._decode_threads, deterministic=True)
     frames = zero.concatenate(decoded).batch(1 << 30)  # one element: the whole block
-    return frames.map(lambda f: (f, plan))
+    return frames.map(lambda f: dict(plan, frames=f))
 
   def _decode_frame(self, encoded):
     """Encoded frame -> (H, W, 3) uint8 at the training resolution (frames.resize_frame)."""
