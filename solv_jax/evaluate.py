@@ -104,9 +104,10 @@ class VideoSegmenter:
   def bind_frames(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The per-frame part: DINOv2 and spatial binding of each frame, in batches of frame_chunk.
 
-    frames (C, H, W, 3) uint8 at the model's resolution -> slots (C, K, Ds), attn (C, K, N). Each frame
-    depends only on itself, so a long video can be bound in pieces (whose lengths are
-    multiples of frame_chunk to batch exactly as one call would) and concatenated for `decode`.
+    frames (C, H, W, 3) uint8 at the model's resolution -> slots (C, K, Ds), attn (C, K, N).
+    Each frame depends only on itself, so a long video can be bound in pieces (whose lengths
+    are multiples of frame_chunk to batch exactly as one call would) and concatenated for
+    `decode`.
     """
     return self._batched(self._per_frame, lambda s, e: (frames[s:e],), frames.shape[0],
                          self.frame_chunk)

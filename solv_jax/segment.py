@@ -379,8 +379,9 @@ def segment_frames(loaded: LoadedModel, frames: Iterable[np.ndarray],
   The one path of evaluation, streamed: each frame goes through `frames.resize_frame` to the
   model's resolution (uint8, as the training pipeline makes it) as it is read, every
   frame_chunk of them through DINOv2 and spatial binding (`VideoSegmenter.bind_frames`, the
-  batches one call on the whole video makes), and the windows run on the small per-frame slots and attention (`VideoSegmenter.decode`). Memory
-  holds one native frame and one chunk at the model's resolution, whatever the video's length.
+  batches one call on the whole video makes), and the windows run on the small per-frame
+  slots and attention (`VideoSegmenter.decode`). Memory holds one native frame and one chunk
+  at the model's resolution, whatever the video's length.
   """
   from solv_jax.data.frames import resize_frame
 

@@ -6,6 +6,7 @@ slice of the global batch.
 """
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
@@ -72,6 +73,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -3, -4, -8
 _KEEPING_HOST_MEMORY = False
 
 
+@functools.cache  # TF changes malloc once per process; so does this
 def undo_tf_malloc_patch() -> bool:
   """Puts glibc's malloc back after TensorFlow's change to it; returns whether it could.
 

@@ -7,15 +7,15 @@ rounded to uint8 as PIL returns it. Training, evaluation, segment and the baseli
 it, so every path sees the same values. Batches leave the host as uint8: a quarter of the
 bytes of float32 frames.
 
-Device: `normalize_frames` is the ImageNet normalisation (SPEC §1), called inside the jitted
-train step and evaluation functions.
+Device: `normalize_frames` is the ImageNet normalisation DINOv2 expects (its mean and std are
+in models/dinov2.py), called inside the jitted train step and evaluation functions.
 
 The resize is separable: the output is Wh @ X @ Ww^T per channel, with Wh (H, H0) and Ww
 (W, W0) the filter's weights. They are read off `tf.image.resize` itself (resizing an
 identity matrix along one axis gives the matrix of that axis), so the result is that of
 tf.image.resize to float32 rounding (tested), and applied as two sparse products with scipy,
-height first (rows are contiguous): about 3.7 ms for a 720p frame to 336x504 on one core
-against 6.5 ms for tf.image.resize (BENCHMARKS.md, "Data").
+height first (rows are contiguous): 3.6-4.6 ms for a 720p frame to 336x504 on one core
+against 6.3-8.2 ms for tf.image.resize (BENCHMARKS.md, "Data").
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from solv_jax.models.dinov2 import IMAGENET_MEAN, IMAGENET_STD  # SPEC §1
+from solv_jax.models.dinov2 import IMAGENET_MEAN, IMAGENET_STD
 
 
 @functools.lru_cache(maxsize=64)
