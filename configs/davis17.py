@@ -4,11 +4,11 @@ Convert first: python tools/convert_davis.py --root RAW --out DATA_DIR
 then: python -m solv_jax.main --config=configs/davis17.py --config.data.data_dir=DATA_DIR \
       --config.train.init_from=YTVIS_WORKDIR --config.model.encoder_weights=... --workdir=W
 """
-from configs import base
+from solv_jax import schema
 
 
 def get_config(arg=None):
-  return base.get_config(arg, recipe)
+  return schema.get_config(arg, recipe)
 
 
 def recipe(config):

@@ -5,7 +5,7 @@
 Builds the synthetic dataset on first use (config.data.data_dir, default
 ~/tensorflow_datasets), evaluates the untrained model, trains, evaluates on held-out videos
 and writes masks under workdir/demo/eval/ (step 0 under workdir/demo/eval_step0/).
-Arguments as in configs/base.py (e.g. configs/demo.py:model=A for Table 3's model A).
+Arguments as in solv_jax/schema.py (e.g. configs/demo.py:model=A for Table 3's model A).
 
 DINOv2 is RANDOMLY initialised here (official init, LayerScale 1e-5), so no weights are
 needed; set --config.model.encoder_weights to use converted ones (and
@@ -24,12 +24,12 @@ and why.
 """
 import dataclasses
 
-from configs import base
+from solv_jax import schema
 from solv_jax.data import synthetic
 
 
 def get_config(arg=None):
-  return base.get_config(arg, recipe)
+  return schema.get_config(arg, recipe)
 
 
 def recipe(config):

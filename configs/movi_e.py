@@ -3,11 +3,11 @@
 Reads Kubric's TFDS release directly (default gs://kubric-public/tfds; pass a local mirror
 with --config.data.data_dir=...).
 """
-from configs import base
+from solv_jax import schema
 
 
 def get_config(arg=None):
-  return base.get_config(arg, recipe)
+  return schema.get_config(arg, recipe)
 
 
 def recipe(config):

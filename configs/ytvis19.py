@@ -4,11 +4,11 @@ Convert the raw dataset first: python tools/convert_ytvis.py --root RAW --out DA
 then: python -m solv_jax.main --config=configs/ytvis19.py --config.data.data_dir=DATA_DIR \
       --config.model.encoder_weights=dinov2_vitb14.npz --workdir=WORKDIR
 """
-from configs import base
+from solv_jax import schema
 
 
 def get_config(arg=None):
-  return base.get_config(arg, recipe)
+  return schema.get_config(arg, recipe)
 
 
 def recipe(config):

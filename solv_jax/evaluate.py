@@ -1,213 +1,331 @@
-"""Evaluation protocol of SPEC §7.
+"""`python -m solv_jax.evaluate`: every metric variant of a trained model, in one table.
 
-Per video: DINOv2 once per frame with all tokens, spatial binding once per frame (it depends
-only on its frame, so the five windows that contain a frame reuse it), n masked zero frames
-padded at both ends, every frame the middle of its window, merging on. Masks are upsampled to
-the ground-truth resolution, slots tracked frame to frame (Hungarian on cosine similarity),
-and the video matched to its ground truth for the metrics in `metrics.py`.
+  python -m solv_jax.evaluate --checkpoint=runs/ytvis19
+  python -m solv_jax.evaluate --checkpoint=solv_ytvis19.npz --config=configs/ytvis19.py \
+      --config.data.data_dir=DATA --out=eval/authors_ytvis19
+  python -m solv_jax.evaluate --checkpoint=runs/davis17 --step=40000 --max_videos=5 --out=e/
 
-The command line, `python -m solv_jax.evaluate --checkpoint=WORKDIR_OR_NPZ [--config=...]`,
-is in `eval_cli.py`.
+--checkpoint is a training workdir (its newest good checkpoint, or --step) or an .npz written
+by tools/export_numpy.py or tools/convert_solv_checkpoint.py, loaded by
+`inference.load_model`.
+The model is always the checkpoint's: its config.model, at its config.data.resolution and
+num_context. The data are the checkpoint's own config.data, unless --config is given: then
+config.data and config.eval come from that config file (with its --config.* overrides). A
+--config that would change the resolution, the window (num_context) or any param shape is
+refused; other differences in its model section (e.g. model.use_merge=False of
+configs/davis17.py) are listed and ignored.
+
+The protocol is `evaluation.evaluate` (SPEC §7), the one the end of training runs. Written to
+--out (default WORKDIR/eval for a workdir; required for an .npz): results.json with every
+metric variant under its own name (docs/METRICS.md says which paper reports which) plus
+"checkpoint" (what was evaluated, on which data), and a PNG strip and GIF of each of the first
+config.eval.num_visualize videos. A non-empty --out is refused unless --overwrite, which
+replaces results.json and the pictures of the same names and leaves other files alone.
+Printed: one table of every variant, with the convention it follows and who reports it.
+
+Exit status: 0 done; 1 a bad input, as one line (missing checkpoint or data, a --config that
+changes the model, a non-empty --out); 2 a bad command line.
 """
 from __future__ import annotations
 
-import json
+import math
 import os
-import time
-from typing import Iterable
+import sys
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # tf.data only feeds numpy here
 
-from solv_jax import metrics, visualize
-from solv_jax.data.frames import normalize_frames, resize_frames
-from solv_jax.models.solv import SOLV
+PROG = "python -m solv_jax.evaluate"
+_CHECKPOINT_KINDS = ("a training workdir, or an .npz from tools/export_numpy.py or "
+                     "tools/convert_solv_checkpoint.py")
 
-# The metrics a one-line summary of an evaluation shows (main, periodic evaluation).
-SUMMARY_KEYS = ("fg_ari", "fg_ari_matched", "video_fg_ari", "miou", "mbo", "frame_mbo",
-                "jf_mean", "num_videos")
-
-# The metrics results.json lists for each video ("videos"); the dataset numbers carry every key
-# of metrics.aggregate. docs/METRICS.md says which paper reports which.
-PER_VIDEO_KEYS = ("fg_ari", "fg_ari_matched", "video_fg_ari", "miou", "mbo", "frame_mbo",
-                  "j_mean", "f_mean", "jf_mean")
-METRICS_NOTE = ("mbo: per-video (volume) mBO, VideoSAUR/SlotContrast; frame_mbo: per-frame "
-                "(image-level) mBO; j_*/f_*/jf_*: DAVIS unsupervised J&F (mean, recall, decay; "
-                "jf_mean = official J&F-Mean), pooled over the objects of the first frames "
-                "(davis_num_objects). See docs/METRICS.md.")
-
-
-def summary(results: dict) -> str:
-  """The one line of SUMMARY_KEYS an evaluation prints: scores to 4 places, counts as counts."""
-  return " ".join(f"{k}={results[k]:.4f}" if isinstance(results[k], float) else
-                  f"{k}={results[k]}" for k in SUMMARY_KEYS if k in results)
-
-
-class VideoSegmenter:
-  """Jit-compiled per-frame and per-window functions of a trained SOLV model."""
-
-  def __init__(self, model: SOLV, params: dict, batch_windows: int = 16, frame_chunk: int = 16):
-    self.model, self.params = model, jax.device_put(params)  # to the device once
-    self.batch_windows, self.frame_chunk = batch_windows, frame_chunk
-    self.n = model.num_frames // 2
-    self.grid_hw = model.grid_hw
-
-    def per_frame(params, frames):  # (C, H, W, 3) uint8 -> slots (C, K, Ds), attn (C, K, N)
-      feats = model.apply({"params": params}, normalize_frames(frames), method=SOLV.encode)
-      return model.apply({"params": params}, feats, method=SOLV.bind_spatial)
-
-    def per_window(params, slots, attn, frame_mask):
-      out = model.apply({"params": params}, slots, attn, frame_mask, merge_prob=1.0,
-                        method=SOLV.decode_window)
-      return {k: out[k] for k in ("masks", "valid", "slots")}
-
-    def naive_window(params, frames, frame_mask):  # the authors' path: re-binds every frame
-      frames = normalize_frames(frames, frame_mask)  # padding frames are zeros, as in training
-      feats = model.apply({"params": params}, frames, method=SOLV.encode)  # (W, F, N, D)
-      slots, attn = model.apply({"params": params}, feats, method=SOLV.bind_spatial)
-      return per_window(params, slots, attn, frame_mask)
-
-    self._per_frame = jax.jit(per_frame)
-    self._per_window = jax.jit(per_window)
-    self._naive_window = jax.jit(naive_window)
-
-  def _batched(self, fn, make_inputs, total: int, size: int):
-    """Calls fn(params, *inputs) on rows [s, e) padded to `size` (one compiled shape for all
-    videos) and concatenates the unpadded results."""
-    results = []
-    for s in range(0, total, size):
-      e = min(s + size, total)
-      inputs = [jnp.asarray(_pad_to(np.asarray(a), size)) for a in make_inputs(s, e)]
-      res = fn(self.params, *inputs)
-      results.append(jax.tree_util.tree_map(lambda v: np.asarray(v)[: e - s], res))
-    return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *results)
-
-  def __call__(self, frames: np.ndarray, naive: bool = False) -> dict:
-    """frames (T, H, W, 3) uint8 at the model's resolution (`frames.resize_frames`), normalised
-    on the device (float frames are taken as ImageNet-normalised already).
-
-    naive=True re-runs DINOv2 and spatial binding for every window (the authors' path, for
-    benchmarks); the default computes them once per frame. Results are identical.
-    Returns numpy dict: 'masks' (T, K, h, w) on the token grid, 'valid' (T, K),
-    'slots' (T, K, Ds) merged slots, 'track_ids' (T, K).
-    """
-    if not naive:
-      return self.decode(*self.bind_frames(frames))
-    t, n = frames.shape[0], self.n
-    idx, frame_mask = self._windows(t)
-    frames_p = _pad_video(frames, n)
-    out = self._batched(self._naive_window, lambda s, e: (frames_p[idx[s:e]], frame_mask[s:e]),
-                        t, self.batch_windows)
-    return self._finish(out)
-
-  def bind_frames(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The per-frame part: DINOv2 and spatial binding of each frame, in batches of frame_chunk.
-
-    frames (C, H, W, 3) uint8 at the model's resolution -> slots (C, K, Ds), attn (C, K, N).
-    Each frame depends only on itself, so a long video can be bound in pieces (whose lengths
-    are multiples of frame_chunk to batch exactly as one call would) and concatenated for
-    `decode`.
-    """
-    return self._batched(self._per_frame, lambda s, e: (frames[s:e],), frames.shape[0],
-                         self.frame_chunk)
-
-  def decode(self, slots: np.ndarray, attn: np.ndarray) -> dict:
-    """The per-window part on a whole video's `bind_frames` outputs, (T, K, Ds) and (T, K, N):
-    every frame the middle of its window, then tracking. Returns what __call__ returns."""
-    t = slots.shape[0]
-    idx, frame_mask = self._windows(t)
-    slots_p, attn_p = _pad_video(slots, self.n), _pad_video(attn, self.n)
-    out = self._batched(
-        self._per_window, lambda s, e: (slots_p[idx[s:e]], attn_p[idx[s:e]], frame_mask[s:e]),
-        t, self.batch_windows)
-    return self._finish(out)
-
-  def _windows(self, t: int) -> tuple[np.ndarray, np.ndarray]:
-    """-> idx (T, F), the rows of the padded video in each frame's window, and frame_mask
-    (T, F), False on the n zero frames padded at both ends."""
-    f = 2 * self.n + 1
-    idx = np.arange(t)[:, None] + np.arange(f)[None, :]  # (T, F)
-    return idx, _pad_video(np.ones(t, bool), self.n)[idx]
-
-  def _finish(self, out: dict) -> dict:
-    h, w = self.grid_hw
-    out["masks"] = out["masks"].reshape(out["masks"].shape[0], -1, h, w)  # (T, K, h, w)
-    out["track_ids"] = metrics.track_slots(out["slots"], out["valid"])
-    return out
+# Every metric of results.json, in table order: (key, what it is, who reports it). The same
+# words as docs/METRICS.md, which has the details.
+METRICS = (
+    ("fg_ari", "FG-ARI per frame, raw prediction", "SOLV on MOVi-E"),
+    ("fg_ari_matched", "FG-ARI per frame, Hungarian-matched prediction",
+     "SOLV on YTVIS19 / DAVIS17"),
+    ("video_fg_ari", "FG-ARI per video (one table over all frames)",
+     "SAVi, VideoSAUR, SlotContrast"),
+    ("miou", "mIoU, one Hungarian matching per video", "SOLV on YTVIS19 / DAVIS17"),
+    ("mbo", "mBO per video (IoU over the video volume)", "VideoSAUR, SlotContrast"),
+    ("frame_mbo", "mBO per frame (image-level)", "image methods, e.g. DINOSAUR"),
+    ("jf_mean", "DAVIS J&F-Mean, unsupervised task", "DAVIS 2017, VOS literature"),
+    ("j_mean", "DAVIS J (region IoU): mean", "DAVIS 2017"),
+    ("j_recall", "DAVIS J: recall (frames with J > 0.5)", "DAVIS 2017"),
+    ("j_decay", "DAVIS J: decay (first - last quarter)", "DAVIS 2017"),
+    ("f_mean", "DAVIS F (boundary F-measure): mean", "DAVIS 2017"),
+    ("f_recall", "DAVIS F: recall (frames with F > 0.5)", "DAVIS 2017"),
+    ("f_decay", "DAVIS F: decay (first - last quarter)", "DAVIS 2017"),
+    ("jf_recall", "(J + F) / 2 of the recalls", "not in the official table"),
+    ("jf_decay", "(J + F) / 2 of the decays", "not in the official table"),
+    ("num_videos", "videos scored", ""),
+    ("num_objects", "ground-truth objects (mIoU)", ""),
+    ("davis_num_objects", "objects J&F counts (first frames' ids)", ""),
+)
+# Keys of results.json that are not metrics of the table.
+NOT_METRICS = ("step", "frames_per_second", "videos", "checkpoint")
 
 
-def _pad_video(x: np.ndarray, n: int) -> np.ndarray:
-  """n zero rows before and after x (T, ...) -> (T + 2n, ...)."""
-  zeros = np.zeros((n, *x.shape[1:]), x.dtype)
-  return np.concatenate([zeros, x, zeros])
+class EvalError(ValueError):
+  """An input the command cannot use; the message names it, the value seen and what to do."""
 
 
-def _pad_to(x: np.ndarray, size: int) -> np.ndarray:
-  if x.shape[0] == size:
-    return x
-  return np.concatenate([x, np.zeros((size - x.shape[0], *x.shape[1:]), x.dtype)])
+# ----------------------------------------------------------------------------------------------
+# The evaluation config.
+# ----------------------------------------------------------------------------------------------
+def eval_config(checkpoint_config, given=None, checkpoint: str = "the checkpoint"):
+  """-> (config to evaluate with, notes). The checkpoint's config, with config.data and
+  config.eval replaced by those of `given` (a --config) when it is given.
+
+  The model stays the checkpoint's config.model. A `given` whose data.resolution or
+  data.num_context differ from the checkpoint's, or whose model section changes any param
+  shape, raises EvalError; other model differences are returned as a note.
+  """
+  import ml_collections
+  from solv_jax import schema
+  from solv_jax import export
+
+  config = ml_collections.ConfigDict(checkpoint_config.to_dict())  # an unlocked copy
+  if given is None:
+    return config, []
+  schema.validate(given)
+  have, want = checkpoint_config.data, given.data
+  res, given_res = (tuple(int(r) for r in c.resolution) for c in (have, want))
+  if given_res != res:
+    h, w = res
+    raise EvalError(
+        f"--config sets data.resolution={given_res}, but the model in {checkpoint!r} runs at "
+        f"{h}x{w} only (its decoder position embedding and G_abs are learned per token of the "
+        f"{h // 14}x{w // 14} grid); add --config.data.resolution='({h}, {w})'.")
+  if int(want.num_context) != int(have.num_context):
+    raise EvalError(
+        f"--config sets data.num_context={want.num_context}, but the model in {checkpoint!r} "
+        f"was trained with windows of {2 * int(have.num_context) + 1} frames; add "
+        f"--config.data.num_context={int(have.num_context)}.")
+  changes = export.config_changes(checkpoint_config.model.to_dict(), given.model.to_dict(),
+                                  "model.")
+  notes = []
+  if changes:
+    candidate = ml_collections.ConfigDict(checkpoint_config.to_dict())
+    candidate.model = ml_collections.ConfigDict(given.model.to_dict())
+    if _param_shapes(candidate) != _param_shapes(checkpoint_config):
+      raise EvalError(
+          f"--config would change the model of {checkpoint!r} ({'; '.join(changes)}) and with "
+          "it the param shapes; the model is always the checkpoint's config.model: drop those "
+          "--config.model.* overrides or config arguments.")
+    notes.append(f"Note: --config's model section differs from the checkpoint's "
+                 f"({'; '.join(changes)}); no param shape changes and it is ignored: the model "
+                 "is the checkpoint's config.model.")
+  config.data = ml_collections.ConfigDict(given.data.to_dict())
+  config.eval = ml_collections.ConfigDict(given.eval.to_dict())
+  return config, notes
 
 
-def evaluate(config, model: SOLV, params: dict, workdir: str, step: int | None,
-             videos: Iterable[dict] | None = None, subdir: str = "eval",
-             extra: dict | None = None) -> dict:
-  """Runs the protocol over the evaluation split; writes WORKDIR/eval/results.json + pictures.
+def _param_shapes(config) -> dict:
+  """{'a/b/c': (shape, dtype)} of the trainable params of config's model (nothing computed)."""
+  from flax import traverse_util
+  from solv_jax.models import build
+  shapes = build.trainable_shapes(build.build_model(config))
+  return {"/".join(k): (tuple(v.shape), str(v.dtype))
+          for k, v in traverse_util.flatten_dict(shapes).items()}
 
-  step: the checkpoint's step (None for an export). extra: JSON-able keys added to the results
-  (the command line records what it evaluated there).
 
-  In a multi-process run every process evaluates every video on its own devices (the params
-  are replicated, so all get the same results) and process 0 alone writes the files."""
+# ----------------------------------------------------------------------------------------------
+# The table.
+# ----------------------------------------------------------------------------------------------
+def _value(v) -> str:
+  if v is None:
+    return "-"
+  if isinstance(v, float):
+    return "nan" if math.isnan(v) else f"{v:.4f}"
+  return str(v)
+
+
+def format_table(results: dict) -> str:
+  """Every metric of `results` (METRICS, then any other numeric key), one row each."""
+  rows = [(key, _value(results.get(key)), what, who) for key, what, who in METRICS]
+  known = {key for key, _, _ in METRICS} | set(NOT_METRICS)
+  rows += [(key, _value(v), "see docs/METRICS.md", "")
+           for key, v in results.items()
+           if key not in known and isinstance(v, (int, float)) and not isinstance(v, bool)]
+  header = ("metric", "value", "what it is", "reported by")
+  widths = [max(len(r[i]) for r in rows + [header]) for i in range(4)]
+  line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+  return "\n".join([line(header), line(tuple("-" * w for w in widths))] + [line(r) for r in rows])
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line.
+# ----------------------------------------------------------------------------------------------
+def _flags(argv: list[str]):
+  """A private absl FlagValues (not the global FLAGS of solv_jax.main) parsed from argv."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file(
+      "config", None, "Config file (configs/*.py[:args]) whose config.data and config.eval "
+      "replace the checkpoint's; --config.* overrides apply to it. Default: the checkpoint's "
+      "own config.", flag_values=fv, lock_config=True, sys_argv=[PROG, *argv])
+  flags.DEFINE_string("checkpoint", None, f"Training workdir or export .npz ({_CHECKPOINT_KINDS}).",
+                      flag_values=fv)
+  flags.DEFINE_string("out", None, "Output folder (default WORKDIR/eval; required for an .npz).",
+                      flag_values=fv)
+  flags.DEFINE_integer("step", None, "Checkpoint step of a workdir (default: the newest good).",
+                       flag_values=fv)
+  flags.DEFINE_integer("max_videos", 0, "Evaluate the first N videos only (0: all; sets "
+                       "config.data.eval_max_videos).", flag_values=fv)
+  flags.DEFINE_bool("overwrite", False, "Write into a non-empty --out, replacing results.json "
+                    "and the pictures of the same names.", flag_values=fv)
+  return fv
+
+
+def _refuse_renamed(argv: list[str]) -> None:
+  """An override with a key's old name (solv_jax/schema.py's RENAMED) ends in one line naming
+  the new name."""
+  from solv_jax import schema
+  message = schema.renamed_override(argv)
+  if message:
+    raise EvalError(message) from None
+
+
+def _parse(argv: list[str]):
+  """-> parsed FlagValues; raises EvalError (one line) for a bad command line."""
+  from absl import flags
+  fv = _flags(argv)
+  try:
+    fv([PROG, *argv])
+    if fv.config is not None:
+      path = fv["config"].config_filename.split(":", 1)[0]
+      if not os.path.isfile(path):
+        raise EvalError(f"--config {path!r} does not exist (a config file, e.g. "
+                        "configs/davis17.py).")
+      fv.config.keys()  # a config file that failed to load raises here, not at parse time
+  except flags.Error as e:
+    _refuse_renamed(argv)
+    text = str(e).strip()
+    if "Traceback" in text:  # the config file raised: its own message is the last line
+      last = text.splitlines()[-1]
+      text = "--config: " + (last.split(": ", 1)[1] if ": " in last else last)
+    elif "flag 'config." in text and not any(a.startswith("--config=") for a in argv):
+      text += ": --config.* overrides need --config=FILE (e.g. --config=configs/davis17.py)"
+    raise EvalError(_one_line(text)) from None
+  except (AttributeError, KeyError, TypeError, OSError) as e:  # an override or the file
+    _refuse_renamed(argv)
+    text = str(e).strip("'\"")
+    for arg in (a for a in argv if a.startswith("--config.")):
+      key = arg[len("--config."):].split("=", 1)[0]
+      if f"'{key.rsplit('.', 1)[-1]}'" in str(e):
+        raise EvalError(f"{arg.split('=', 1)[0]}: config.{key} is not a config key.") from None
+    raise EvalError("--config: " + _one_line(text)) from None
+  if not fv.checkpoint:
+    raise EvalError(f"--checkpoint is required ({_CHECKPOINT_KINDS}).")
+  return fv
+
+
+def _one_line(e) -> str:
+  lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+  if not lines:
+    return type(e).__name__
+  if len(lines) > 1 and lines[0].endswith(":"):  # 'Invalid config:' + one problem a line
+    return f"{lines[0]} {'; '.join(lines[1:])}"
+  return "; ".join(lines)
+
+
+def _user_errors():
+  """The errors that mean 'fix the input', shown as one line without a traceback."""
+  from solv_jax import checkpoints
+  return (OSError, ValueError, checkpoints.CheckpointError)  # ValueError: Load/Config/EvalError
+
+
+def prepare(fv):
+  """Parsed flags -> (config, inference.LoadedModel, output folder, provenance for
+  results.json).
+  Every input is checked here, before the evaluation's long part; raises _user_errors()."""
+  from solv_jax import export, outputs, sharding
+
+  checkpoint = fv.checkpoint
+  if not os.path.exists(checkpoint):
+    raise EvalError(f"--checkpoint {checkpoint!r} does not exist (expected {_CHECKPOINT_KINDS}).")
+  is_workdir = os.path.isdir(checkpoint)
+  if not is_workdir and fv.step is not None:
+    raise EvalError(f"--step={fv.step} selects a checkpoint of a workdir; {checkpoint!r} is an "
+                    "export file, which holds one set of params: omit --step.")
+  if fv.max_videos < 0:
+    raise EvalError(f"--max_videos must be >= 0 (0: all videos), got {fv.max_videos}.")
+  out = fv.out or (os.path.join(checkpoint, "eval") if is_workdir else None)
+  if out is None:
+    stem = os.path.splitext(os.path.basename(checkpoint))[0]
+    raise EvalError(f"--out is required for an export file ({checkpoint!r} is not a workdir to "
+                    f"write into), e.g. --out=eval/{stem}.")
+  outputs.check_out_dir(out, fv.overwrite)  # OutputError, a ValueError: before the long part
+  checkpoint_config = export.read_config(checkpoint)  # reads config.json / '__config__' only
+  # Before JAX opens a backend (the restore and the shape checks open one).
+  sharding.apply_xla_flags(checkpoint_config.get("xla_flags", ""), strict=False)
+  config, notes = eval_config(checkpoint_config, fv.config, checkpoint)
+  if fv.max_videos:
+    config.data.eval_max_videos = fv.max_videos
   from solv_jax.data import pipeline
+  print("Data: " + pipeline.check_data(config, "eval"), flush=True)  # seconds, before the model
+  for note in notes:
+    print(note, flush=True)
 
-  out_dir = os.path.join(workdir, subdir)
-  writes = jax.process_index() == 0
-  if writes:
-    os.makedirs(out_dir, exist_ok=True)
-  segmenter = VideoSegmenter(model, params, batch_windows=config.eval.batch_windows)
-  if videos is None:
-    videos = pipeline.eval_videos(config)
-  acc = metrics.MetricAccumulator()
-  per_video = []
-  t0, num_frames = time.time(), 0
-  for i, video in enumerate(videos):
-    frames = resize_frames(video["video"], tuple(config.data.resolution))
-    out = segmenter(frames)
-    gt = np.asarray(video["segmentations"])
-    pred = metrics.masks_to_ids(out["masks"], out["track_ids"], out_hw=gt.shape[1:3])
-    num_frames += len(frames)
-    name = _name(video, i)
-    if not video.get("has_annotations", True):
-      continue
-    result = acc.update(pred, gt)
-    per_video.append({"video": name, **{k: float(result[k]) for k in PER_VIDEO_KEYS}})
-    if i < config.eval.num_visualize and writes:
-      safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
-      raw = np.asarray(video["video"])
-      visualize.save_strip(os.path.join(out_dir, f"{safe}.png"), raw, gt, pred)
-      visualize.save_gif(os.path.join(out_dir, f"{safe}.gif"), raw, gt, pred)
-  results = {**acc.compute(), "step": None if step is None else int(step),
-             "frames_per_second": num_frames / max(time.time() - t0, 1e-9), "videos": per_video,
-             "fg_ari_note": ("fg_ari: per-frame ARI on GT foreground of the raw prediction "
-                             "(MOVi-E standard); fg_ari_matched: the authors' YTVIS/DAVIS "
-                             "variant on the matched prediction; video_fg_ari: one table per "
-                             "video (SAVi/VideoSAUR)"),
-             "metrics_note": METRICS_NOTE, **(extra or {})}
-  if writes:
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-      json.dump(results, f, indent=2)
+  from solv_jax import inference
+  loaded = inference.load_model(checkpoint, step=fv.step)
+  step = "" if loaded.info["step"] is None else f", step {loaded.info['step']}"
+  print(f"Model: {checkpoint} ({loaded.info['kind']}{step}); DINOv2: "
+        f"{loaded.info['encoder_weights']}; device: {loaded.info['device']}", flush=True)
+  info = {"path": os.path.abspath(checkpoint), "kind": loaded.info["kind"],
+          "step": loaded.info["step"], "encoder_weights": loaded.info["encoder_weights"],
+          "config": fv["config"].config_filename if fv.config is not None else None,
+          "data": {k: config.data.get(k) for k in ("name", "data_dir", "eval_split",
+                                                   "ytvis_eval_subset", "eval_max_videos")}}
+  return config, loaded, os.path.abspath(out), info
+
+
+def run(config, loaded, out: str, info: dict) -> dict:
+  """Evaluates `loaded` with `config` into `out`, prints the table, returns the results."""
+  from solv_jax import evaluation
+  first = config.data.get("eval_max_videos", 0)
+  print(f"Evaluating on {config.data.name}:{config.data.eval_split}"
+        f"{f' (its first {first} videos)' if first else ''} ...", flush=True)
+  if os.path.isfile(os.path.join(out, "results.json")):  # --overwrite: never a stale one
+    os.remove(os.path.join(out, "results.json"))
+  segmenter = loaded.segmenter
+  results = evaluation.evaluate(config, segmenter.model, segmenter.params, os.path.dirname(out),
+                                loaded.info["step"], subdir=os.path.basename(out),
+                                extra={"checkpoint": info})
+  print(format_table(results))
+  print(f"Results: {os.path.join(out, 'results.json')} (docs/METRICS.md: which number is "
+        "which)", flush=True)
   return results
 
 
-def _name(video: dict, i: int) -> str:
-  name = video.get("video_name", f"video_{i:04d}")
-  if isinstance(name, bytes):
-    name = name.decode()
-  return str(name)
+def main(argv=None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if any(a in ("-h", "--help", "-help", "--helpfull", "-?") for a in argv):
+    print(__doc__)
+    print(_flags([]).module_help(__name__))
+    return 0
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every file at INFO
+  try:
+    fv = _parse(argv)
+  except EvalError as e:
+    print(f"error: {e} (--help lists the flags)", file=sys.stderr, flush=True)
+    return 2
+  try:
+    prepared = prepare(fv)
+  except _user_errors() as e:
+    print(f"error: {_one_line(e)}", file=sys.stderr, flush=True)
+    return 1
+  try:
+    run(*prepared)
+  except OSError as e:  # a damaged record or frame, named by the pipeline
+    print(f"error: {_one_line(e)}", file=sys.stderr, flush=True)
+    return 1
+  return 0
 
 
-if __name__ == "__main__":  # python -m solv_jax.evaluate: the command line, in eval_cli.py
-  import sys
-  from solv_jax import eval_cli
-  sys.exit(eval_cli.main(sys.argv[1:]))
+if __name__ == "__main__":
+  sys.exit(main())

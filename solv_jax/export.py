@@ -14,13 +14,13 @@ from flax import traverse_util
 
 
 def _upgrade(saved: dict):
-  from configs import base
-  return base.upgrade(saved)
+  from solv_jax import schema
+  return schema.upgrade(saved)
 
 
 def _renamed(saved: dict) -> dict:
-  from configs import base
-  return base.renamed(saved)
+  from solv_jax import schema
+  return schema.renamed(saved)
 
 
 def _flat(tree, prefix):

@@ -97,15 +97,15 @@ def run(config, workdir: str, mode: str) -> dict | None:
   """Config -> trains and/or evaluates in WORKDIR; returns the evaluation results.
 
   First, in seconds and before anything is built or written: the config against the schema
-  (configs/base.validate), the dataset (pipeline.check_data), then the workdir's checkpoints
+  (configs/schema.validate), the dataset (pipeline.check_data), then the workdir's checkpoints
   against the config's model (check_workdir)."""
   import jax
-  from configs import base
-  from solv_jax import checkpoints, evaluate, export, train, workdir as workdir_lib
+  from solv_jax import schema
+  from solv_jax import checkpoints, evaluation, export, train, workdir as workdir_lib
   from solv_jax.data import pipeline
   from solv_jax.models import build
 
-  base.validate(config)
+  schema.validate(config)
   try:
     _print("Data: " + pipeline.check_data(config, mode))
   except (OSError, ValueError) as e:
@@ -136,9 +136,9 @@ def run(config, workdir: str, mode: str) -> dict | None:
       if mode == "eval":
         step, params = checkpoints.restore_params(workdir)
       _print(f"Evaluating step {step} on {config.data.name}:{config.data.eval_split} ...")
-      results = evaluate.evaluate(config, model, build.with_encoder(params, encoder), workdir,
+      results = evaluation.evaluate(config, model, build.with_encoder(params, encoder), workdir,
                                   step)
-      _print("Evaluation: " + evaluate.summary(results))
+      _print("Evaluation: " + evaluation.summary(results))
       _print(f"Results: {os.path.join(workdir, 'eval', 'results.json')}; masks: "
              f"{os.path.join(workdir, 'eval')}/*.png, *.gif")
   return results
@@ -147,7 +147,7 @@ def run(config, workdir: str, mode: str) -> dict | None:
 def _evaluate_untrained(config, model, encoder, workdir: str) -> None:
   """The baseline of a run: the initial (step-0) params through the same protocol."""
   import jax
-  from solv_jax import evaluate
+  from solv_jax import evaluation
   from solv_jax.models import build
   path = os.path.join(workdir, "eval_step0", "results.json")
   if os.path.exists(path):  # a resumed run: already done
@@ -155,16 +155,16 @@ def _evaluate_untrained(config, model, encoder, workdir: str) -> None:
   params = build.with_encoder(jax.device_get(build.initial_params(config, model)), encoder)
   _print(f"Evaluating the untrained model (step 0) on {config.data.name}:"
          f"{config.data.eval_split} ...")
-  results = evaluate.evaluate(config, model, params, workdir, 0, subdir="eval_step0")
-  _print("Step 0: " + evaluate.summary(results))
+  results = evaluation.evaluate(config, model, params, workdir, 0, subdir="eval_step0")
+  _print("Step 0: " + evaluation.summary(results))
 
 
 def _user_errors():
   """The errors that mean 'fix the input', shown as one line without a traceback."""
   from solv_jax import checkpoints, train_step, workdir
   from solv_jax.models import build
-  from configs import base
-  return (base.ConfigError, DataError, workdir.WorkdirError, checkpoints.CheckpointError,
+  from solv_jax import schema
+  return (schema.ConfigError, DataError, workdir.WorkdirError, checkpoints.CheckpointError,
           build.LoadError, train_step.NonFiniteError, OSError)
 
 
@@ -223,8 +223,8 @@ def parse_flags(argv):
     message = f"{text} (--help lists the flags)"
   except (AttributeError, KeyError, ValueError, TypeError) as e:
     message = _config_flag_error(argv, e)
-  from configs import base
-  print(f"error: {base.renamed_override(argv[1:]) or message}", file=sys.stderr)
+  from solv_jax import schema
+  print(f"error: {schema.renamed_override(argv[1:]) or message}", file=sys.stderr)
   sys.exit(2)
 
 

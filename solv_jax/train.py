@@ -186,14 +186,14 @@ def _print(message: str) -> None:
 def _periodic_eval(config, model, state, encoder, workdir, step, writer) -> None:
   """config.train.eval_every: the evaluation protocol on the current params, its scalars to
   TensorBoard as eval/<metric>, its files under WORKDIR/eval_steps/<step>/."""
-  from solv_jax import evaluate
+  from solv_jax import evaluation
   params = build.with_encoder(jax.device_get(state.params), encoder)
-  results = evaluate.evaluate(config, model, params, workdir, step,
+  results = evaluation.evaluate(config, model, params, workdir, step,
                               subdir=os.path.join("eval_steps", str(step)))
   scalars = {f"eval/{k}": float(v) for k, v in results.items()
              if isinstance(v, (int, float)) and k != "step"}
   writer.write_scalars(step, scalars)
-  _print(f"eval at step {step}: " + evaluate.summary(results))
+  _print(f"eval at step {step}: " + evaluation.summary(results))
 
 
 def _nonfinite_summary(state, config, steps_run: int) -> None:

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import base
+from solv_jax import schema
 from solv_jax import sharding, train_step
 from solv_jax.models import build
 from solv_jax.models.build import build_model
@@ -75,7 +75,7 @@ def test_ablation_arguments_and_unknown_argument():
   assert (c.model.num_slots, c.model.use_merge, c.model.encoder_variant,
           c.model.token_drop) == (12, False, "vits14", 0.3)
   with pytest.raises(ValueError, match="Unknown config argument 'slot'"):
-    base.get_config("slot=3")
+    schema.get_config("slot=3")
 
 
 def test_model_keys_are_the_fields_of_solv():
@@ -85,7 +85,7 @@ def test_model_keys_are_the_fields_of_solv():
   from solv_jax.models import solv
   fields = {f.name for f in dataclasses.fields(solv.SOLV) if f.init} - {
       "parent", "name", "resolution", "num_frames"}
-  assert set(base.get_config().model) == fields | set(solv.CONFIG_ONLY)
+  assert set(schema.get_config().model) == fields | set(solv.CONFIG_ONLY)
   config = importlib.import_module("configs.davis17").get_config("model=C,slots=5,drop=0.25")
   model = build_model(config)
   for key, value in config.model.items():
@@ -110,14 +110,14 @@ def test_upgrade_reads_the_old_model_key_names(tmp_path):
          "model": {"encoder": "vits14", "spatial_binding": "vanilla",
                    "temporal_binding": False, "merge": False, "num_slots": 5}}
   saved = copy.deepcopy(old)
-  config = base.upgrade(saved)
+  config = schema.upgrade(saved)
   assert saved == old  # the caller's dict is left alone
   m = config.model
   assert (m.encoder_variant, m.spatial_binding_type, m.use_temporal_binding, m.use_merge,
           m.num_slots) == ("vits14", "vanilla", False, False, 5)
   assert not set(OLD_NAMES.values()) & set(m)
   assert m.param_init == "torch" and config.train.batch_size == 48  # the schema's defaults
-  base.validate(config)
+  schema.validate(config)
 
   # The davis17 recipe saved in the old format: it loads as the recipe, and writing the
   # recipe's config over it reports no change.
@@ -135,19 +135,19 @@ def test_upgrade_reads_the_old_model_key_names(tmp_path):
 
 
 def test_old_model_key_names_are_errors_that_name_the_new_ones():
-  config = base.get_config()
+  config = schema.get_config()
   config.model.merge = False  # as code written before the rename would
-  with pytest.raises(base.ConfigError, match=r"config\.model\.merge is not a config key "
+  with pytest.raises(schema.ConfigError, match=r"config\.model\.merge is not a config key "
                      r"\(renamed to config\.model\.use_merge\)"):
-    base.validate(config)
-  # On the command line (solv_jax.main and eval_cli print this line; tests/test_main.py).
-  assert base.renamed_override(["--config=configs/demo.py", "--noconfig.model.merge"]) == (
+    schema.validate(config)
+  # On the command line (solv_jax.main and solv_jax.evaluate print this line; tests/test_main.py).
+  assert schema.renamed_override(["--config=configs/demo.py", "--noconfig.model.merge"]) == (
       "--noconfig.model.merge: config.model.merge was renamed to config.model.use_merge; "
       "pass --noconfig.model.use_merge instead.")
-  assert base.renamed_override(["--config.model.encoder=vits14"]) == (
+  assert schema.renamed_override(["--config.model.encoder=vits14"]) == (
       "--config.model.encoder: config.model.encoder was renamed to "
       "config.model.encoder_variant; pass --config.model.encoder_variant=vits14 instead.")
-  assert base.renamed_override(["--config.model.encoder_variant=vits14",
+  assert schema.renamed_override(["--config.model.encoder_variant=vits14",
                                 "--config=configs/ytvis19.py:merge=0,encoder=vits14"]) is None
 
 
@@ -190,7 +190,7 @@ def test_every_generator_knob_of_the_demo_is_a_config_key():
   config.data.synthetic.radius = (0.1, 0.2)
   cfg = synthetic.config_from(config.data.synthetic)
   assert (cfg.num_train, cfg.radius, cfg.palette_size) == (7, (0.1, 0.2), 3)
-  base_config = base.get_config()
+  base_config = schema.get_config()
   base_config.lock()
   with pytest.raises(AttributeError):  # what the demo would say without the listed knobs
     base_config.data.synthetic.num_train = 7

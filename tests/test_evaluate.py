@@ -1,9 +1,9 @@
-"""Tests of the evaluation command, `python -m solv_jax.evaluate` (solv_jax/eval_cli.py).
+"""Tests of the evaluation command, `python -m solv_jax.evaluate` (solv_jax/evaluate.py).
 
 The model is the tiny config (tests/tiny.py) at its seeded initialisation on a tiny synthetic
 dataset, saved as a workdir checkpoint (as train.py leaves one) and as an export .npz
 (export.save_export, DINOv2 inside, what tools/export_numpy.py writes). The command's
-results.json is compared with `evaluate.evaluate` run here directly on the same params and
+results.json is compared with `evaluation.evaluate` run here directly on the same params and
 videos, its table with those results and with docs/METRICS.md.
 """
 import json
@@ -16,7 +16,7 @@ import sys
 import jax
 import pytest
 
-from solv_jax import checkpoints, eval_cli, evaluate, export, sharding, train_step
+from solv_jax import checkpoints, evaluate, evaluation, export, sharding, train_step
 from solv_jax.data import pipeline
 from solv_jax.models import build
 from tests import tiny
@@ -37,7 +37,7 @@ def _config(data_dir, num_validation=2):
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-  """(workdir, npz, config, model, full params, evaluate.evaluate's results on the
+  """(workdir, npz, config, model, full params, evaluation.evaluate's results on the
   checkpoint's own data)."""
   root = tmp_path_factory.mktemp("eval")
   config = _config(str(root / "tfds"))
@@ -52,7 +52,7 @@ def model(tmp_path_factory):
   npz = str(root / "model.npz")
   export.save_export(npz, config, state.params, encoder)
   params = {**jax.device_get(state.params), "encoder": jax.device_get(encoder)}
-  expected = evaluate.evaluate(config, net, params, str(root / "reference"), STEP)
+  expected = evaluation.evaluate(config, net, params, str(root / "reference"), STEP)
   return workdir, npz, config, net, params, expected
 
 
@@ -82,9 +82,9 @@ def _saved(out_dir):
 def _check_table(stdout, results):
   """Every metric variant is a row: its name, its value, what it is and who reports it."""
   rows = {line.split()[0]: line for line in stdout.splitlines() if line.strip()}
-  for key, what, who in eval_cli.METRICS:
+  for key, what, who in evaluate.METRICS:
     assert key in rows, (key, stdout)
-    assert eval_cli._value(results[key]) in rows[key].split(), (key, rows[key])
+    assert evaluate._value(results[key]) in rows[key].split(), (key, rows[key])
     assert what in rows[key] and who in rows[key], rows[key]
 
 
@@ -97,8 +97,8 @@ def _one_line_error(capsys):
 def test_every_variant_is_in_the_table_and_in_metrics_md(model):
   expected = model[-1]
   variants = {k for k, v in expected.items()
-              if k not in eval_cli.NOT_METRICS and isinstance(v, (int, float))}
-  assert variants == {key for key, _, _ in eval_cli.METRICS}
+              if k not in evaluate.NOT_METRICS and isinstance(v, (int, float))}
+  assert variants == {key for key, _, _ in evaluate.METRICS}
   with open(os.path.join(ROOT, "docs", "METRICS.md")) as f:
     doc = f.read()
   for key in variants:
@@ -108,7 +108,7 @@ def test_every_variant_is_in_the_table_and_in_metrics_md(model):
 
 def test_workdir_prints_the_table_and_writes_what_evaluate_gives(model, capsys, monkeypatch):
   workdir, _, _, _, _, expected = model
-  assert eval_cli.main([f"--checkpoint={workdir}"]) == 0
+  assert evaluate.main([f"--checkpoint={workdir}"]) == 0
   out = capsys.readouterr().out
   _check_table(out, expected)
   saved = _saved(os.path.join(workdir, "eval"))  # the default --out of a workdir
@@ -121,16 +121,16 @@ def test_workdir_prints_the_table_and_writes_what_evaluate_gives(model, capsys, 
   assert sum(n.endswith(".png") for n in names) == 1 and sum(n.endswith(".gif") for n in names) == 1
 
   # Run again: the default --out is not empty now, so it is refused unless --overwrite.
-  assert eval_cli.main([f"--checkpoint={workdir}"]) == 1
+  assert evaluate.main([f"--checkpoint={workdir}"]) == 1
   err = _one_line_error(capsys)
   assert "not empty" in err and os.path.join(workdir, "eval") in err and "--overwrite" in err
   # --overwrite: the old results.json is gone before the evaluation writes its own (the
   # evaluation is replaced by its known results here: it ran above).
   seen = []
-  monkeypatch.setattr(evaluate, "evaluate", lambda config, model, params, root, step, subdir,
+  monkeypatch.setattr(evaluation, "evaluate", lambda config, model, params, root, step, subdir,
                       **k: seen.append((os.listdir(os.path.join(root, subdir)), step, k))
                       or expected)
-  assert eval_cli.main([f"--checkpoint={workdir}", "--overwrite", f"--step={STEP}"]) == 0
+  assert evaluate.main([f"--checkpoint={workdir}", "--overwrite", f"--step={STEP}"]) == 0
   assert len(seen) == 1 and "results.json" not in seen[0][0] and seen[0][1] == STEP
   assert seen[0][2]["extra"]["checkpoint"]["step"] == STEP
   _check_table(capsys.readouterr().out, expected)
@@ -138,14 +138,14 @@ def test_workdir_prints_the_table_and_writes_what_evaluate_gives(model, capsys, 
 
 def test_npz_needs_out_and_gives_the_same_results(model, tmp_path, capsys):
   _, npz, _, _, _, expected = model
-  assert eval_cli.main([f"--checkpoint={npz}"]) == 1
+  assert evaluate.main([f"--checkpoint={npz}"]) == 1
   err = _one_line_error(capsys)
   assert "--out is required" in err and npz in err
-  assert eval_cli.main([f"--checkpoint={npz}", "--step=3", f"--out={tmp_path / 'x'}"]) == 1
+  assert evaluate.main([f"--checkpoint={npz}", "--step=3", f"--out={tmp_path / 'x'}"]) == 1
   assert "--step" in _one_line_error(capsys)
 
   out = str(tmp_path / "npz_eval")
-  assert eval_cli.main([f"--checkpoint={npz}", f"--out={out}"]) == 0
+  assert evaluate.main([f"--checkpoint={npz}", f"--out={out}"]) == 0
   _check_table(capsys.readouterr().out, expected)
   saved = _saved(out)
   assert _comparable(saved) == _comparable(expected)
@@ -157,7 +157,7 @@ def test_config_swaps_the_data_and_keeps_the_checkpoints_model(model, tmp_path, 
   other = str(tmp_path / "other_tfds")
   out = str(tmp_path / "swapped")
   # merge_threshold changes no param: reported, ignored (the model is the checkpoint's).
-  assert eval_cli.main([f"--checkpoint={workdir}", f"--config={TINY}",
+  assert evaluate.main([f"--checkpoint={workdir}", f"--config={TINY}",
                         f"--config.data.data_dir={other}",
                         "--config.data.synthetic.num_validation=3",
                         "--config.data.synthetic.width=40", "--config.eval.batch_windows=4",
@@ -170,7 +170,7 @@ def test_config_swaps_the_data_and_keeps_the_checkpoints_model(model, tmp_path, 
   swapped.data.synthetic.width = 40  # other videos, same model input
   swapped.eval.num_visualize = 0
   videos = list(pipeline.eval_videos(swapped))[:2]
-  reference = evaluate.evaluate(config, net, params, str(tmp_path / "reference"), STEP,
+  reference = evaluation.evaluate(config, net, params, str(tmp_path / "reference"), STEP,
                                 videos=videos)
   _check_table(stdout, reference)
   saved = _saved(out)
@@ -190,7 +190,7 @@ def test_config_swaps_the_data_and_keeps_the_checkpoints_model(model, tmp_path, 
 def test_config_that_changes_the_model_is_refused(model, override, message, tmp_path, capsys):
   workdir = model[0]
   out = tmp_path / "out"
-  assert eval_cli.main([f"--checkpoint={workdir}", f"--config={TINY}", override,
+  assert evaluate.main([f"--checkpoint={workdir}", f"--config={TINY}", override,
                         f"--out={out}"]) == 1
   err = _one_line_error(capsys)
   assert message in err and workdir in err, err
@@ -223,19 +223,19 @@ def test_bad_inputs_fail_with_one_line_naming_the_file(model, tmp_path, capsys):
       (workdir, ["--max_videos=-1", f"--out={tmp_path / 'o3'}"], "--max_videos", "-1"),
   ]
   for checkpoint, extra, message, named in cases:
-    assert eval_cli.main([f"--checkpoint={checkpoint}", *extra]) == 1, checkpoint
+    assert evaluate.main([f"--checkpoint={checkpoint}", *extra]) == 1, checkpoint
     err = _one_line_error(capsys)
     assert message in err and named in err, (checkpoint, err)
   # A bad command line: exit 2, one line.
-  assert eval_cli.main([f"--checkpoint={workdir}", f"--config={TINY}",
+  assert evaluate.main([f"--checkpoint={workdir}", f"--config={TINY}",
                         "--config.data.nope=1"]) == 2
   assert "config.data.nope is not a config key" in _one_line_error(capsys)
-  assert eval_cli.main([]) == 2
+  assert evaluate.main([]) == 2
   assert "--checkpoint is required" in _one_line_error(capsys)
 
 
 def test_config_override_with_an_old_key_name_names_the_new_one(tmp_path, capsys):
-  assert eval_cli.main([f"--checkpoint={tmp_path}", f"--config={TINY}",
+  assert evaluate.main([f"--checkpoint={tmp_path}", f"--config={TINY}",
                         "--config.model.spatial_binding=vanilla"]) == 2
   assert _one_line_error(capsys) == (
       "error: --config.model.spatial_binding: config.model.spatial_binding was renamed to "
@@ -248,12 +248,12 @@ def test_non_empty_out_is_refused_unless_overwrite(model, tmp_path, capsys):
   out = tmp_path / "out"
   out.mkdir()
   (out / "notes.txt").write_text("keep me")
-  assert eval_cli.main([f"--checkpoint={workdir}", f"--out={out}"]) == 1
+  assert evaluate.main([f"--checkpoint={workdir}", f"--out={out}"]) == 1
   err = _one_line_error(capsys)
   assert "not empty" in err and str(out) in err and "--overwrite" in err
   assert os.listdir(out) == ["notes.txt"]
   (tmp_path / "file").write_text("x")
-  assert eval_cli.main([f"--checkpoint={workdir}", f"--out={tmp_path / 'file'}"]) == 1
+  assert evaluate.main([f"--checkpoint={workdir}", f"--out={tmp_path / 'file'}"]) == 1
   assert "is not a folder" in _one_line_error(capsys)
 
 
@@ -272,9 +272,9 @@ def test_xla_flags_are_applied_before_the_restore(model, tmp_path, monkeypatch, 
                       lambda flags, strict: calls.append(("flags", flags, strict)))
   monkeypatch.setattr(checkpoints, "restore_params",
                       lambda *a, **k: calls.append(("restore",)) or restore(*a, **k))
-  monkeypatch.setattr(evaluate, "evaluate", lambda *a, **k: calls.append(("evaluate",))
+  monkeypatch.setattr(evaluation, "evaluate", lambda *a, **k: calls.append(("evaluate",))
                       or expected)
-  assert eval_cli.main([f"--checkpoint={run}"]) == 0
+  assert evaluate.main([f"--checkpoint={run}"]) == 0
   assert calls == [("flags", flagged.xla_flags, False), ("restore",), ("evaluate",)]
   _check_table(capsys.readouterr().out, expected)
 

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from solv_jax import checkpoints, evaluate, export, main, train, train_step
+from solv_jax import checkpoints, evaluation, export, inference, main, train, train_step
 from solv_jax.data import pipeline
 from solv_jax.data.frames import resize_frames
 from solv_jax.models import build
@@ -51,7 +51,7 @@ def test_train_and_eval_writes_results_pictures_and_exports(data_dir, tmp_path):
   model = build_model(config)
   init = {**jax.device_get(train_step.create_train_state(config, model, train_step.make_optimizer(
       config.train)).params), "encoder": build.encoder_params(config, model)}
-  expected = evaluate.evaluate(config, model, init, str(tmp_path / "check"), 0)
+  expected = evaluation.evaluate(config, model, init, str(tmp_path / "check"), 0)
   assert step0["step"] == 0 and step0["fg_ari"] == pytest.approx(expected["fg_ari"])
   assert step0["miou"] == pytest.approx(expected["miou"])
   with open(os.path.join(workdir, "eval", "results.json")) as f:
@@ -112,7 +112,7 @@ def test_evaluation_reuses_per_frame_binding_with_identical_results(data_dir):
   params = {**state.params, "encoder": build.encoder_params(config, model)}
   video = next(iter(pipeline.eval_videos(config)))
   frames = resize_frames(video["video"], config.data.resolution)
-  seg = evaluate.VideoSegmenter(model, params, batch_windows=4, frame_chunk=4)
+  seg = inference.VideoSegmenter(model, params, batch_windows=4, frame_chunk=4)
   fast, naive = seg(frames), seg(frames, naive=True)
   np.testing.assert_allclose(fast["masks"], naive["masks"], atol=1e-5)
   np.testing.assert_array_equal(fast["valid"], naive["valid"])

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageSequence
 
-from solv_jax import checkpoints, evaluate, export, metrics, segment, sharding, train_step
+from solv_jax import (checkpoints, export, inference, metrics, outputs, segment, sharding, train_step,
+                      video_io)
 from solv_jax.data import synthetic
 from solv_jax.data.frames import resize_frames
 from solv_jax.models import build
@@ -44,7 +45,7 @@ def model(tmp_path_factory):
   npz = str(root / "model.npz")  # what tools/export_numpy.py writes (tested in test_main.py)
   export.save_export(npz, config, state.params, encoder)
   params = {**state.params, "encoder": encoder}
-  reference = evaluate.VideoSegmenter(net, params, batch_windows=4)
+  reference = inference.VideoSegmenter(net, params, batch_windows=4)
   return workdir, npz, reference, config
 
 
@@ -147,14 +148,14 @@ def test_frames_are_converted_to_rgb_like_pil(tmp_path):
   }
   for name, image in images.items():
     image.save(tmp_path / name)
-  video = segment.read_video(str(tmp_path))
+  video = video_io.read_video(str(tmp_path))
   assert video.frames.shape == (5, 8, 10, 3) and video.frames.dtype == np.uint8
   for t, name in enumerate(images):
     with Image.open(tmp_path / name) as im:
       expected = np.asarray(im.convert("RGB"))
     np.testing.assert_array_equal(video.frames[t], expected, err_msg=name)
   sixteen = (rgb[..., 0].astype(np.uint16) * 257)
-  np.testing.assert_array_equal(segment.to_rgb(sixteen, "x"), np.dstack([rgb[..., 0]] * 3))
+  np.testing.assert_array_equal(video_io.to_rgb(sixteen, "x"), np.dstack([rgb[..., 0]] * 3))
 
 
 @pytest.mark.parametrize("case, message", [
@@ -184,8 +185,8 @@ def test_bad_videos_fail_naming_the_path(case, message, tmp_path, capsys):
                      "--out", str(tmp_path / "out")])
   err = capsys.readouterr().err
   assert rc == 1 and message in err and str(path) in err, err
-  with pytest.raises(segment.SegmentError, match=message):
-    segment.read_video(str(path))
+  with pytest.raises(video_io.VideoError, match=message):
+    video_io.read_video(str(path))
 
 
 def test_bad_checkpoints_fail_clearly(model, clip, tmp_path, capsys):
@@ -208,9 +209,32 @@ def test_bad_checkpoints_fail_clearly(model, clip, tmp_path, capsys):
     assert rc == 1 and message in err and checkpoint in err, (checkpoint, err)
   # The trained resolution itself is accepted.
   h, w = config.data.resolution
-  assert segment.load_model(workdir, (h, w)).info["resolution"] == [h, w]
+  assert inference.load_model(workdir, (h, w)).info["resolution"] == [h, w]
 
 
+
+def test_params_in_memory_segment_as_the_loaded_model_does(model, clip):
+  # inference.from_params: a config and params held in Python (no file), the full tree or the
+  # trainable params alone (DINOv2's then come from the config, as in training).
+  _, npz, _, config = model
+  loaded = build.load(npz)
+  expected = _reference_ids(model, clip)
+  ids, _ = inference.segment(inference.from_params(loaded.config, loaded.params), clip,
+                             progress=False)
+  np.testing.assert_array_equal(ids, expected)
+  trainable = {k: v for k, v in loaded.params.items() if k != "encoder"}
+  from_config = inference.from_params(loaded.config, trainable)
+  assert from_config.info["encoder_weights"].startswith("random init (seed")
+  np.testing.assert_array_equal(inference.segment(from_config, clip, progress=False)[0], expected)
+  # Errors in Python terms, before anything is compiled.
+  with pytest.raises(inference.InferenceError, match="top-level keys"):
+    inference.from_params(loaded.config, {"decoder": trainable["decoder"]})
+  bad = loaded.config.copy_and_resolve_references()
+  bad.model.num_slot = 3
+  with pytest.raises(inference.InferenceError, match=r"config\.model\.num_slot is not a config key"):
+    inference.from_params(bad, trainable)
+  with pytest.raises(inference.InferenceError, match="does not exist"):
+    inference.load_model(npz + ".missing")
 
 def test_command_applies_the_runs_xla_flags_before_restoring(model, clip, tmp_path, monkeypatch):
   # As `python -m solv_jax.main` does, the run's config.xla_flags go to XLA before orbax opens
@@ -337,15 +361,15 @@ def test_long_videos_stream_in_memory_bounded_by_a_chunk(model, tmp_path, monkey
   h, w = 160, 240
   cfg = synthetic.SyntheticConfig(num_frames=40, height=h, width=w, min_objects=2, max_objects=3)
   long_clip, _ = synthetic.generate_video(cfg, np.random.default_rng(3))
-  monkeypatch.setattr(segment, "GIF_MAX_FRAMES", 15)  # 40 frames -> every 3rd frame
+  monkeypatch.setattr(outputs, "GIF_MAX_FRAMES", 15)  # 40 frames -> every 3rd frame
   # One model for all four runs, compiled (and the mp4 reader imported) before measuring:
   # those are the same for every length; measured, they would only add noise and time.
-  loaded = segment.load_model(workdir)
-  segment.segment(loaded, long_clip[:1], progress=False)
-  monkeypatch.setattr(segment, "load_model", lambda *args, **kwargs: loaded)
+  loaded = inference.load_model(workdir)
+  inference.segment(loaded, long_clip[:1], progress=False)
+  monkeypatch.setattr(inference, "load_model", lambda *args, **kwargs: loaded)
   for t_len in (20, 40):
     iio.imwrite(tmp_path / f"clip{t_len}.mp4", long_clip[:t_len], fps=10, macro_block_size=1)
-  segment.read_video(str(tmp_path / "clip20.mp4"))  # imports imageio's ffmpeg plugin
+  video_io.read_video(str(tmp_path / "clip20.mp4"))  # imports imageio's ffmpeg plugin
   peaks = {}
   for t_len in (20, 40):
     mp4 = str(tmp_path / f"clip{t_len}.mp4")
@@ -355,9 +379,9 @@ def test_long_videos_stream_in_memory_bounded_by_a_chunk(model, tmp_path, monkey
     assert rc == 0
 
     def in_memory(mp4=mp4, out=tmp_path / f"memory{t_len}"):
-      video = segment.read_video(mp4)
-      ids, _ = segment.segment(loaded, video.frames)
-      segment.write_outputs(str(out), video, ids, video.info["fps"], loaded.info)
+      video = video_io.read_video(mp4)
+      ids, _ = inference.segment(loaded, video.frames)
+      outputs.write_outputs(str(out), video, ids, video.info["fps"], loaded.info)
       return video.frames, ids
     (frames, ids), peaks["memory", t_len] = _peak_bytes(in_memory)
   raw = 20 * h * w * 3  # bytes of the 20 frames that doubling adds

@@ -7,7 +7,8 @@ import sys
 import jax
 import pytest
 
-from configs import base, demo
+from configs import demo
+from solv_jax import schema
 from solv_jax import sharding
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,9 +68,9 @@ def test_too_late_is_an_error(monkeypatch):
 
 
 def test_recipes_set_the_flag_and_the_demo_does_not():
-  assert base.get_config().xla_flags == YNN_OFF
+  assert schema.get_config().xla_flags == YNN_OFF
   assert demo.get_config().xla_flags == ""
-  base.validate(demo.get_config())
+  schema.validate(demo.get_config())
 
 
 KEEP_HOST_MEMORY = """

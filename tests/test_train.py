@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import base
+from solv_jax import schema
 from solv_jax import checkpoints, sharding, train, train_step
 from solv_jax.models import build
 from solv_jax.models.build import build_model
@@ -148,9 +148,9 @@ def test_gradients_reach_every_trainable_param_and_not_the_encoder():
 # ----------------------------------------------------------------------------------------------
 def test_every_recipe_passes_validate_config():
   import importlib
-  for name in ("configs.base", "configs.demo", "configs.movi_e", "configs.ytvis19",
+  for name in ("solv_jax.schema", "configs.demo", "configs.movi_e", "configs.ytvis19",
                "configs.davis17", "tests.tiny"):
-    base.validate(importlib.import_module(name).get_config())
+    schema.validate(importlib.import_module(name).get_config())
 
 
 def test_bad_configs_fail_before_anything_is_built(tmp_path):

@@ -1,9 +1,9 @@
 """A tiny SOLV config for tests: vits14 at 42x56 (12 tokens), 4 slots, small decoder."""
-from configs import base
+from solv_jax import schema
 
 
 def tiny_config(**model_overrides):
-  config = base.get_config()
+  config = schema.get_config()
   config.data.resolution = (42, 56)
   config.model.encoder_variant = "vits14"
   config.model.num_slots = 4

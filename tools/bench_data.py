@@ -82,10 +82,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def measure_clips(args):
   """Training batches at 336x504 from the converted 720p records, on this process's cores."""
-  from configs import ytvis19  # pylint: disable=g-import-not-at-top
+  from solv_jax import schema  # pylint: disable=g-import-not-at-top
   from solv_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   # sharding.keep_host_memory is not called, as on a GPU host, where the entry point skips it.
-  cfg = ytvis19.get_config().data  # 336x504, n = 2
+  cfg = schema.load_recipe(os.path.join(REPO, "configs", "ytvis19.py")).data  # 336x504, n = 2
   cfg.update(data_dir=os.path.join(args.workdir, "tfds"), train_split="train",
              shuffle_buffer=256)  # converted: train only
   it = pipeline.make_train_iterator(cfg, args.batch, 0, 1, seed=0)

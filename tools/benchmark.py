@@ -483,7 +483,7 @@ def profile_step(compiled, state, frozen, batch, key, label: str, flops: float,
 def bench_eval(config) -> list[dict]:
   import jax
   import numpy as np
-  from solv_jax import evaluate
+  from solv_jax import inference
   from solv_jax.models import build
 
   model = build.build_model(config)
@@ -492,7 +492,7 @@ def bench_eval(config) -> list[dict]:
   h, w = config.data.resolution
   frames = np.random.default_rng(0).integers(0, 256, (flags.FLAGS.eval_frames, h, w, 3),
                                              np.uint8)  # as resize_frames gives them
-  seg = evaluate.VideoSegmenter(model, params, batch_windows=config.eval.batch_windows)
+  seg = inference.VideoSegmenter(model, params, batch_windows=config.eval.batch_windows)
   out, records = {}, []
   for naive in (False, True):
     # Every call is padded to fixed chunk shapes, so one chunk-sized clip compiles all of them.

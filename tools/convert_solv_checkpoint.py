@@ -32,7 +32,6 @@ missing, left over or of the wrong shape.
 from __future__ import annotations
 
 import argparse
-import importlib
 import math
 import os
 import pickle
@@ -49,7 +48,10 @@ AUTHORS_DEFAULTS = dict(dataset="ytvis19", resize_to=[336, 504], encoder="dinov2
 # ViT options (dino-vitb-16, dino-vitb-8, sup-vitb-16) have no solv_jax encoder.
 ENCODERS = {"dinov2-vits-14": "vits14", "dinov2-vitb-14": "vitb14",
             "dinov2-vitl-14": "vitl14", "dinov2-vitg-14": "vitg14"}
-DATASET_CONFIGS = {"ytvis19": "configs.ytvis19", "davis17": "configs.davis17"}
+# The recipes of the repository's configs/ (this tool runs from the repository).
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "configs")
+DATASET_CONFIGS = {"ytvis19": "ytvis19.py", "davis17": "davis17.py"}
 
 
 class ConversionError(ValueError):
@@ -121,7 +123,8 @@ def build_config(args: dict | None, state: Mapping[str, np.ndarray], encoder_wei
   if a["dataset"] not in DATASET_CONFIGS:
     raise ConversionError(f"args.dataset = {a['dataset']!r}: expected one of "
                           f"{sorted(DATASET_CONFIGS)}.")
-  config = importlib.import_module(DATASET_CONFIGS[a["dataset"]]).get_config()
+  from solv_jax import schema
+  config = schema.load_recipe(os.path.join(CONFIGS_DIR, DATASET_CONFIGS[a["dataset"]]))
   if given:
     if a["encoder"] not in ENCODERS:
       raise ConversionError(f"args.encoder = {a['encoder']!r}: solv_jax encodes with DINOv2 "
@@ -153,8 +156,8 @@ def build_config(args: dict | None, state: Mapping[str, np.ndarray], encoder_wei
     raise ConversionError(f"s_bind.abs_grid has {grid.shape[2]} positions but {where} "
                           f"{h} {w} gives {(h // p) * (w // p)} tokens of {p} px; pass the "
                           "input size the model was trained at.")
-  from configs import base
-  base.validate(config)
+  from solv_jax import schema
+  schema.validate(config)
   return config
 
 

@@ -66,7 +66,7 @@ class SOLV(nn.Module):
 
   @classmethod
   def from_config(cls, model_config, resolution, num_frames: int = 5, **overrides) -> "SOLV":
-    """Builds SOLV from config.model (configs/base.py), whose keys are this module's fields
+    """Builds SOLV from config.model (solv_jax/schema.py), whose keys are this module's fields
     (but CONFIG_ONLY), plus the data's resolution and F; a missing or unknown key is an
     error."""
     values = {k: v for k, v in model_config.items() if k not in CONFIG_ONLY}
@@ -78,7 +78,7 @@ class SOLV(nn.Module):
       wrong += [f"{missing} are missing"] if missing else []
       raise ValueError(f"config.model does not fit SOLV (solv_jax/models/solv.py): "
                        f"{'; '.join(wrong)}. "
-                       f"Start from configs/base.py's get_config(), or base.upgrade(saved) "
+                       f"Start from solv_jax/schema.py's get_config(), or schema.upgrade(saved) "
                        f"for a config saved by an earlier version.")
     return cls(resolution=tuple(int(r) for r in resolution), num_frames=int(num_frames),
                **{**values, **overrides})

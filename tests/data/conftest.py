@@ -10,7 +10,7 @@ def data_config():
   replaces the recipe's."""
   import importlib
   import ml_collections
-  from configs import base
+  from solv_jax import schema
   from tests import tiny
 
   def make(name="synthetic", synthetic=None, **kw):
@@ -19,7 +19,7 @@ def data_config():
     elif name in ("movi_e", "ytvis19", "davis17"):
       config = importlib.import_module(f"configs.{name}").get_config()
     else:  # not a dataset: the schema's data section, named so
-      config = base.get_config()
+      config = schema.get_config()
     data = config.data
     data.update(dict(name=name, resolution=(28, 42), num_context=2, shuffle_buffer=64), **kw)
     data.synthetic = ml_collections.ConfigDict(synthetic or {})

@@ -16,9 +16,9 @@ N = 12
 
 
 def model_config(**overrides):
-  """config.model of the schema (configs/base.py: the paper's YTVIS19 values), overridden."""
-  from configs import base
-  c = base.get_config().model
+  """config.model of the schema (solv_jax/schema.py: the paper's YTVIS19 values), overridden."""
+  from solv_jax import schema
+  c = schema.get_config().model
   assert (c.encoder_variant, c.num_slots, c.slot_dim, c.decoder_hidden) == ("vitb14", 8, 128, 1024)
   c.update(overrides)
   return c

@@ -20,7 +20,7 @@ import torch
 from flax import traverse_util
 from PIL import Image
 
-from solv_jax import evaluate, export, segment
+from solv_jax import evaluation, export, segment
 from solv_jax.models import build, dinov2
 from solv_jax.models import spatial_binding as sb
 from solv_jax.models.temporal_binding import TemporalBinding
@@ -331,7 +331,7 @@ def test_converted_file_segments_evaluates_and_serves_as_init_from(converted, tm
   video = np.stack([np.asarray(Image.open(frames / f"{t}.png")) for t in range(4)])
   gt = np.zeros((4, 30, 40), np.int32)
   gt[:, 5:15, 5:20], gt[:, 18:28, 22:38] = 1, 2
-  results = evaluate.evaluate(loaded.config, loaded.model, loaded.params, str(tmp_path / "ev"),
+  results = evaluation.evaluate(loaded.config, loaded.model, loaded.params, str(tmp_path / "ev"),
                               0, videos=[{"video": video, "segmentations": gt}])
   assert results["num_videos"] == 1
   assert all(np.isfinite(results[k]) for k in ("miou", "fg_ari_matched", "fg_ari", "mbo"))
