@@ -1,4 +1,5 @@
-"""DAVIS 2017 (SPEC §6): fine-tuned from a YTVIS19 run, no merging, lr 1e-4, 40K iterations.
+"""DAVIS 2017 (docs/METHOD.md §6): fine-tuned from a YTVIS19 run, no merging, lr 1e-4, 40K
+iterations.
 
 Convert first: python tools/convert_davis.py --root RAW --out DATA_DIR
 then: python -m solv_jax.main --config=configs/davis17.py --config.data.data_dir=DATA_DIR \

@@ -1,4 +1,4 @@
-"""Kubric MOVi-E (SPEC §6): 336x336, K = 18, merging, 60 epochs ~ 300K iterations.
+"""Kubric MOVi-E (docs/METHOD.md §6): 336x336, K = 18, merging, 60 epochs ~ 300K iterations.
 
 Reads Kubric's TFDS release directly (default gs://kubric-public/tfds; pass a local mirror
 with --config.data.data_dir=...).

@@ -1,4 +1,4 @@
-"""YouTube-VIS 2019 (SPEC §6): 336x504, K = 8, merging, 180 epochs ~ 300K iterations.
+"""YouTube-VIS 2019 (docs/METHOD.md §6): 336x504, K = 8, merging, 180 epochs ~ 300K iterations.
 
 Convert the raw dataset first: python tools/convert_ytvis.py --root RAW --out DATA_DIR
 then: python -m solv_jax.main --config=configs/ytvis19.py --config.data.data_dir=DATA_DIR \

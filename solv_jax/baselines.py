@@ -135,7 +135,7 @@ def token_oracle_video(gt: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray:
   soft mask a perfect slot would have), then upsampled and argmaxed exactly like the model's
   decoder masks (`metrics.masks_to_ids`). Objects smaller than a token, and every boundary
   inside a token, are lost as they are for the model; the score is an upper bound on what
-  SOLV can reach at that resolution (SPEC §7).
+  SOLV can reach at that resolution (docs/METHOD.md §7).
 
   Args:
     gt: (T, H, W) int ground truth, 0 background, -1 void (counted in no segment).

@@ -15,13 +15,13 @@ config.data and config.eval come from that config file (with its --config.* over
 refused; other differences in its model section (e.g. model.use_merge=False of
 configs/davis17.py) are listed and ignored.
 
-The protocol is `evaluation.evaluate` (SPEC §7), the one the end of training runs. Written to
---out (default WORKDIR/eval for a workdir; required for an .npz): results.json with every
-metric variant under its own name (docs/METRICS.md says which paper reports which) plus
-"checkpoint" (what was evaluated, on which data), and a PNG strip and GIF of each of the first
-config.eval.num_visualize videos. A non-empty --out is refused unless --overwrite, which
-replaces results.json and the pictures of the same names and leaves other files alone.
-Printed: one table of every variant, with the convention it follows and who reports it.
+The protocol is `evaluation.evaluate` (docs/METHOD.md §7), the one the end of training runs. Written
+to --out (default WORKDIR/eval for a workdir; required for an .npz): results.json with every metric
+variant under its own name (docs/METRICS.md says which paper reports which) plus "checkpoint" (what
+was evaluated, on which data), and a PNG strip and GIF of each of the first
+config.eval.num_visualize videos. A non-empty --out is refused unless --overwrite, which replaces
+results.json and the pictures of the same names and leaves other files alone. Printed: one table of
+every variant, with the convention it follows and who reports it.
 
 Exit status: 0 done; 1 a bad input, as one line (missing checkpoint or data, a --config that
 changes the model, a non-empty --out); 2 a bad command line.

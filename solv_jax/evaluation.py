@@ -1,5 +1,5 @@
-"""The evaluation protocol over a dataset's evaluation split (SPEC §7): `evaluate()` segments
-each video with `inference.VideoSegmenter`, scores it against its ground truth with
+"""The evaluation protocol over a dataset's evaluation split (docs/METHOD.md §7): `evaluate()`
+segments each video with `inference.VideoSegmenter`, scores it against its ground truth with
 `metrics.py` and writes results.json and the mask pictures. Training's periodic and final
 evaluations and `python -m solv_jax.evaluate` (solv_jax/evaluate.py) run it.
 """

@@ -6,10 +6,10 @@
   ids, out = inference.segment(model, frames)             # (T, H, W, 3) uint8 -> (T, H, W) ids
   out = inference.segment_frames(model, video_io.open_video("clip.mp4"))  # streamed
 
-The protocol is the evaluation's (SPEC §7): DINOv2 and spatial binding once per frame, every
-frame the middle of its window (n masked zero frames padded at both ends), merging on, slots
-tracked from frame to frame by Hungarian matching on cosine similarity. `VideoSegmenter` holds
-the jitted pieces; `solv_jax.evaluation` and `python -m solv_jax.segment` both run it.
+The protocol is the evaluation's (docs/METHOD.md §7): DINOv2 and spatial binding once per frame,
+every frame the middle of its window (n masked zero frames padded at both ends), merging on, slots
+tracked from frame to frame by Hungarian matching on cosine similarity. `VideoSegmenter` holds the
+jitted pieces; `solv_jax.evaluation` and `python -m solv_jax.segment` both run it.
 
 Errors are InferenceError (a ValueError) naming the argument, the value and what to do.
 """

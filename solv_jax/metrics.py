@@ -1,4 +1,4 @@
-"""Evaluation metrics of SOLV (SPEC §7), on the host with numpy and scipy.
+"""Evaluation metrics of SOLV (docs/METHOD.md §7), on the host with numpy and scipy.
 
 Pipeline for one video, as `evaluate.py` runs it:
 
@@ -23,7 +23,7 @@ Metrics (`evaluate_video` keys; `aggregate` says how videos are combined):
   fg_ari_matched  the same on the prediction after `match_to_ground_truth` (unmatched ids merged
                   into background): the variant the authors report for YTVIS19 / DAVIS17.
   video_fg_ari    one contingency table over all frames (SAVi / VideoSAUR `VideoARI`).
-  miou            per ground-truth object video IoU after Hungarian matching (SPEC §7).
+  miou            per ground-truth object video IoU after Hungarian matching (docs/METHOD.md §7).
   mbo             mean best overlap: for each ground-truth object the best IoU with any predicted
                   id, IoU over the whole video volume, averaged over the video's objects (the
                   VideoSAUR `VideoIoU(matching="overlap")` convention that SlotContrast reports).
@@ -53,7 +53,7 @@ _COS_EPS = 1e-8  # added to slot norms before the cosine similarity, as the auth
 # Slots -> per-pixel track ids.
 # ----------------------------------------------------------------------------------------------
 def track_slots(slots: np.ndarray, valid: np.ndarray) -> np.ndarray:
-  """Track ids of the slots of one video (SPEC §7, temporal consistency).
+  """Track ids of the slots of one video (docs/METHOD.md §7, temporal consistency).
 
   Frame 0's valid slots get ids 0, 1, ... in slot order. Between consecutive frames the valid
   slots are matched by the Hungarian algorithm on cosine similarity (maximised); a slot of frame
@@ -124,7 +124,7 @@ def upsample_masks(masks: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
 
 def masks_to_ids(masks: np.ndarray, track_ids: np.ndarray,
                  out_hw: tuple[int, int] | None = None) -> np.ndarray:
-  """Per-pixel track id: argmax over the valid slots of each frame (SPEC §7, masks).
+  """Per-pixel track id: argmax over the valid slots of each frame (docs/METHOD.md §7, masks).
 
   Args:
     masks: (T, K, H, W) float slot masks; with `out_hw`, (T, K, h, w) masks that are upsampled
@@ -298,7 +298,8 @@ def _matched_table(c: Contingency, column: np.ndarray, matched: np.ndarray) -> n
 
 
 def match_to_ground_truth(pred_ids: np.ndarray, gt: np.ndarray) -> GroundTruthMatch:
-  """One Hungarian matching per video between predicted ids and ground-truth objects (SPEC §7).
+  """One Hungarian matching per video between predicted ids and ground-truth objects
+  (docs/METHOD.md §7).
 
   Cost: video IoU (per-frame IoU averaged over the frames where the union is non-empty; void
   pixels excluded). Matched predicted ids take their object's id and every other predicted id
@@ -643,7 +644,7 @@ def evaluate_video(pred_ids: np.ndarray, gt: np.ndarray, j_and_f: bool = True) -
 # Dataset numbers.
 # ----------------------------------------------------------------------------------------------
 def aggregate(results: Iterable[dict]) -> dict:
-  """Combines `evaluate_video` results (SPEC §7).
+  """Combines `evaluate_video` results (docs/METHOD.md §7).
 
   fg_ari, fg_ari_matched, video_fg_ari: mean over videos (videos without foreground skipped).
   miou: mean over all objects of all videos. mbo, frame_mbo: mean over videos of the per-video

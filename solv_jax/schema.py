@@ -1,6 +1,6 @@
 """The config schema: every key of a SOLV run with its one default, the Table 3/4/5 arguments,
-renamed keys and validation (SPEC §6). The recipes in the repository's configs/ (one a dataset:
-configs/ytvis19.py, ...) call `get_config(arg, recipe)` and override only what differs.
+renamed keys and validation (docs/METHOD.md §6). The recipes in the repository's configs/ (one a
+dataset: configs/ytvis19.py, ...) call `get_config(arg, recipe)` and override only what differs.
 
 Every config file takes an optional argument string of comma-separated key=value pairs,
 e.g. `--config=configs/ytvis19.py:model=C,slots=12,encoder=vits14,drop=0.3`:

@@ -20,10 +20,10 @@ videos), naming the first frame that differs.
 
 The model runs at the resolution it was trained at (config.data.resolution: its decoder position
 embedding and G_abs are learned per token of that grid), through `inference.VideoSegmenter`
-(the evaluation protocol, SPEC §7), and its masks are upsampled to the video's own size with
-`metrics.masks_to_ids`. --out must be a new or empty folder; a non-empty one is refused unless
---overwrite is given, which replaces this command's outputs there (stale masks/NNNNNN.png,
-overlay.*, summary.json, slots.npz) and leaves any other file alone. Written under --out:
+(the evaluation protocol, docs/METHOD.md §7), and its masks are upsampled to the video's own
+size with `metrics.masks_to_ids`. --out must be a new or empty folder; a non-empty one is
+refused unless --overwrite is given, which replaces this command's outputs there (stale
+masks/NNNNNN.png, overlay.*, summary.json, slots.npz) and leaves any other file alone. Written under --out:
   masks/000000.png ...  one per frame at the video's size; pixel value = track id (0, 1, ...).
                         8-bit palette PNGs (mode P, colours of visualize.PALETTE) when every id
                         is below 256, else 16-bit greyscale; np.asarray(PIL.Image.open(f))
@@ -114,9 +114,10 @@ def main(argv=None) -> int:
     out = inference.segment_frames(loaded, source)
     num_frames, hw = source.num_frames, source.hw
     fps = args.fps or source.fps or outputs.DEFAULT_FPS
-    pairs = ((frame, inference.frame_ids(out, t, hw)) for t, frame in enumerate(source.frames(False)))
-    summary = outputs.write_frames(args.out, source.info, pairs, (num_frames, *hw), fps, loaded.info,
-                           slots=out if args.save_slots else None)
+    pairs = ((frame, inference.frame_ids(out, t, hw))
+             for t, frame in enumerate(source.frames(False)))
+    summary = outputs.write_frames(args.out, source.info, pairs, (num_frames, *hw), fps,
+                                   loaded.info, slots=out if args.save_slots else None)
   except video_io.VideoError as e:  # a frame that fails to decode past open_video's checks
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -2,7 +2,7 @@
 log, checkpoint, evaluate (config.train.eval_every); resume and preemption.
 
 The frozen DINOv2 params are a separate, non-donated argument of the step; the optimizer and
-the checkpoints only ever see the trainable params (STYLE.md).
+the checkpoints only ever see the trainable params (docs/CONVENTIONS.md).
 """
 from __future__ import annotations
 

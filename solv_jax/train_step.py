@@ -1,8 +1,8 @@
 """The train step: state, optimizer-free pieces of one update, and its jit over a device mesh.
 
 The frozen DINOv2 params are a separate, non-donated argument of the step; the optimizer and
-the checkpoints only ever see the trainable params (STYLE.md). `compiled_train_step` is the
-one function that builds the step training runs; `tools/benchmark.py` times the same one.
+the checkpoints only ever see the trainable params (docs/CONVENTIONS.md). `compiled_train_step`
+is the one function that builds the step training runs; `tools/benchmark.py` times the same one.
 """
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ from solv_jax.models.solv import SOLV
 
 
 # ----------------------------------------------------------------------------------------------
-# Schedules (SPEC §6).
+# Schedules (docs/METHOD.md §6).
 # ----------------------------------------------------------------------------------------------
 def learning_rate_schedule(peak: float, num_steps: int, warmup_frac: float = 0.05):
-  """The authors' schedule in their integer arithmetic (SPEC §6): torch's
+  """The authors' schedule in their integer arithmetic (docs/METHOD.md §6): torch's
   SequentialLR([LinearLR(start_factor=1e-5, total_iters=W), ExponentialLR(gamma)], [W]),
   stepped after every optimizer step, with W = int(warmup_frac * T) and
   gamma = 0.5 ** (1 / ((T - W) // 3)).
@@ -74,7 +74,7 @@ class TrainState:
 
 
 def merge_probability(step, num_steps: int, num_epochs: int):
-  """p(epoch) = ln(epoch + 1)/ln(E): the chance a training sample is merged (SPEC §4)."""
+  """p(epoch) = ln(epoch + 1)/ln(E): the chance a training sample is merged (docs/METHOD.md §4)."""
   if num_epochs <= 1:
     return jnp.float32(1.0)
   epoch = jnp.floor(jnp.asarray(step, jnp.float32) * num_epochs / num_steps)

@@ -165,7 +165,7 @@ def test_miou_averages_over_all_objects_of_all_videos():
 
 @pytest.mark.parametrize("bg_id", [None, 7])
 def test_perfect_prediction_with_ids_2_and_5_scores_one(bg_id):
-  # The authors' release relabels by row index and scores this 0 (SPEC §7).
+  # The authors' release relabels by row index and scores this 0 (docs/METHOD.md §7).
   gt = np.zeros((2, 4, 4), np.int32)
   gt[:, :, :2] = 1
   gt[:, :, 2:] = 2

@@ -1,5 +1,5 @@
-"""The learning-rate and merge-probability schedules of SPEC §6 / §4: hand-computed values,
-and the learning rate and the optimizer against the authors' torch setup (their utils.py
+"""The learning-rate and merge-probability schedules of docs/METHOD.md §6 / §4: hand-computed
+values, and the learning rate and the optimizer against the authors' torch setup (their utils.py
 get_scheduler and train.py loop: Adam, clip_grad_norm_(1.0), SequentialLR of LinearLR and
 ExponentialLR stepped after every optimizer step)."""
 import math

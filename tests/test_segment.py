@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageSequence
 
-from solv_jax import (checkpoints, export, inference, metrics, outputs, segment, sharding, train_step,
-                      video_io)
+from solv_jax import (checkpoints, export, inference, metrics, outputs, segment, sharding,
+                      train_step, video_io)
 from solv_jax.data import synthetic
 from solv_jax.data.frames import resize_frames
 from solv_jax.models import build
@@ -231,7 +231,7 @@ def test_params_in_memory_segment_as_the_loaded_model_does(model, clip):
     inference.from_params(loaded.config, {"decoder": trainable["decoder"]})
   bad = loaded.config.copy_and_resolve_references()
   bad.model.num_slot = 3
-  with pytest.raises(inference.InferenceError, match=r"config\.model\.num_slot is not a config key"):
+  with pytest.raises(inference.InferenceError, match=r"config\.model\.num_slot is not a config"):
     inference.from_params(bad, trainable)
   with pytest.raises(inference.InferenceError, match="does not exist"):
     inference.load_model(npz + ".missing")

@@ -6,8 +6,8 @@ and on the B x F frames with token drop (sorted random kept indices plus CLS, th
 blocks), SOLV's forward (invariant slot attention with 3 + 1 iterations, the 3-layer
 nn.TransformerEncoder over each slot's frames with a padding mask, agglomerative merging on
 the host with sklearn, the MLP broadcast decoder), MSE, backward, clip_grad_norm_(1.0) and
-Adam. The structure is written from the paper, SPEC.md and the authors' module layout; this is
-not their code. DINOv2's blocks are the official layout (one packed qkv Linear,
+Adam. The structure is written from the paper, docs/METHOD.md and the authors' module layout;
+this is not their code. DINOv2's blocks are the official layout (one packed qkv Linear,
 F.scaled_dot_product_attention, LayerScale, GELU MLP); float32, as tools/benchmark.py runs
 solv_jax on the CPU (the authors' GPU step encodes under fp16 autocast).
 
@@ -89,7 +89,8 @@ class SlotMLP(nn.Module):  # pre-norm residual MLP, dropout on the branch's outp
 
 
 class SpatialBinding(nn.Module):
-  """Invariant slot attention (SPEC §2): iters + 1 attention passes, the last without update."""
+  """Invariant slot attention (docs/METHOD.md §2): iters + 1 attention passes, the last without
+  update."""
 
   def __init__(self, grid_hw, k=8, d=128, iters=3, sigma=5.0):
     super().__init__()

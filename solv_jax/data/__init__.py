@@ -1,4 +1,4 @@
-"""Input pipelines (SPEC §6-§8).
+"""Input pipelines (docs/METHOD.md §6-§8).
 
   pipeline.py    check_data, make_train_iterator (uint8 batches), eval_videos
   frames.py      resize_frames (host, uint8) and normalize_frames (device): the one resize

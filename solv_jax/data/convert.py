@@ -1,4 +1,4 @@
-"""Converters from the official YouTube-VIS 2019 and DAVIS 2017 layouts (SPEC §8).
+"""Converters from the official YouTube-VIS 2019 and DAVIS 2017 layouts (docs/METHOD.md §8).
 
 Each raw video becomes one TFDS record with the MOVi-E feature names (see
 records.py), so the same pipeline reads MOVi-E, YTVIS19 and DAVIS17:
@@ -6,7 +6,7 @@ records.py), so the same pipeline reads MOVi-E, YTVIS19 and DAVIS17:
   * frames keep their stored order (the JSON's `file_names` for YTVIS, sorted
     file names for DAVIS);
   * black borders are removed per video with the box found on frame 0
-    (`border_box`, SPEC §6), and the same box crops the annotations;
+    (`border_box`, docs/METHOD.md §6), and the same box crops the annotations;
   * every frame and annotation is decoded in full, so a damaged file (e.g. a
     truncated JPEG) stops the conversion with an error naming the video and the
     file, and no dataset is left behind; frames that are already RGB JPEG and
@@ -49,7 +49,7 @@ FORMAT_VERSION = 1  # bump when the stored content changes: forces a rebuild
 
 
 # ----------------------------------------------------------------------------
-# Border removal (SPEC §6)
+# Border removal (docs/METHOD.md §6)
 
 
 def border_box(frame: np.ndarray) -> tuple[int, int, int, int]:

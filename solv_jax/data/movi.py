@@ -1,4 +1,4 @@
-"""MOVi-E straight from Kubric's TFDS release (SPEC §8).
+"""MOVi-E straight from Kubric's TFDS release (docs/METHOD.md §8).
 
 Kubric publishes `movi_e/256x256` and `movi_e/128x128` (version 1.0.0, TFRecord,
 splits train / validation / test, 24 frames per video) under

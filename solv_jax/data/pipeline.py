@@ -1,4 +1,4 @@
-"""Input pipelines: training clips and evaluation videos (SPEC §6, §7).
+"""Input pipelines: training clips and evaluation videos (docs/METHOD.md §6, §7).
 
 Training. A sample is one frame t of a video with its window t-n ... t+n of
 consecutive stored frames (F = 2n+1, target in the middle); frames beyond the
@@ -35,7 +35,7 @@ frames at the training resolution (shuffle_buffer clips a block, 0.5 MB a frame 
 
 Evaluation. `eval_videos` yields whole videos at native resolution (after the
 converters' border crop) with int32 ground truth, -1 = void (stored id 255), in
-dataset order. YTVIS19: videos [600:900] of train.json ('authors', SPEC §7;
+dataset order. YTVIS19: videos [600:900] of train.json ('authors', docs/METHOD.md §7;
 they overlap the training videos) or the same videos with training restricted
 to the other videos ('disjoint'). DAVIS17: the 30 `val` videos.
 
@@ -568,7 +568,7 @@ def eval_split_spec(data_config, source: sources.VideoSource,
 def ground_truth(segmentations: np.ndarray, first_frame_objects: bool) -> np.ndarray:
   """Stored uint8 ids (T, H, W[, 1]) -> int32 (T, H, W), 255 -> -1 (void).
 
-  With first_frame_objects, ids absent from frame 0 become background (SPEC §7).
+  With first_frame_objects, ids absent from frame 0 become background (docs/METHOD.md §7).
   """
   ids = np.asarray(segmentations)
   if ids.ndim == 4:

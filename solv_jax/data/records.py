@@ -1,6 +1,6 @@
 """TFDS video records written by this project (converters and synthetic data).
 
-Every dataset we write has the MOVi-E feature names (SPEC §8), so one input
+Every dataset we write has the MOVi-E feature names (docs/METHOD.md §8), so one input
 pipeline reads Kubric's MOVi-E and our own records alike:
 
     video            Video, (T, H, W, 3) uint8, frames encoded one by one

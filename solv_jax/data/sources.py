@@ -41,7 +41,7 @@ class VideoSource:
   builder: Any
   path: str
   # Restrict ground truth to the objects present in frame 0 (YTVIS/DAVIS
-  # protocol, SPEC §7); MOVi-E and synthetic keep every id.
+  # protocol, docs/METHOD.md §7); MOVi-E and synthetic keep every id.
   first_frame_objects: bool = False
   fix: str = ""  # what to do when the records are damaged (ends error messages)
   _lengths: dict = dataclasses.field(default_factory=dict)

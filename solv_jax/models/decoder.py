@@ -1,4 +1,4 @@
-"""Decoder psi_dec (paper §3.2.3, eqs. 10-11, App. B.2; SPEC §5).
+"""Decoder psi_dec (paper §3.2.3, eqs. 10-11, App. B.2; docs/METHOD.md §5).
 
 A spatial broadcast MLP decoder over the (merged) slots of the middle frame. With the
 invariant spatial binding, each slot's position S_p and scale S_s are recomputed from its
@@ -10,7 +10,7 @@ slot; the masks are a softmax of alpha over the valid slots (exactly 0 on invali
 With dtype bfloat16 (config.model.compute_dtype) h and the mapper's Dense layers compute in
 bfloat16; the grid algebra, the mask softmax and the reconstruction stay float32.
 param_init 'torch' (default) starts h and the mapper as torch.nn.Linear does, 'flax' with
-Flax's defaults; the position embedding is N(0, 0.02) in both (SPEC §6).
+Flax's defaults; the position embedding is N(0, 0.02) in both (docs/METHOD.md §6).
 """
 from __future__ import annotations
 

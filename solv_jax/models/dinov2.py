@@ -1,4 +1,4 @@
-"""DINOv2 ViT (Oquab et al., 2023) in Flax: the frozen visual encoder of SOLV (SPEC §1).
+"""DINOv2 ViT (Oquab et al., 2023) in Flax: the frozen visual encoder of SOLV (docs/METHOD.md §1).
 
 Layout and names follow facebookresearch/dinov2 (`patch_embed`, `blocks_i/{norm1, attn, ls1,
 norm2, mlp, ls2}`, `norm`), so a reader can hold the official code beside this one.
@@ -120,8 +120,8 @@ def interpolate_pos_embed(pos_embed: jax.Array, grid_hw: tuple[int, int], *,
 
 
 def num_kept_tokens(num_tokens: int, drop_ratio: float) -> int:
-  """N' = int(N * (1 - r)): the patch tokens a frame keeps under token drop (SPEC §1). The one
-  rule: a ratio that keeps none is an error here and in the config check alike."""
+  """N' = int(N * (1 - r)): the patch tokens a frame keeps under token drop (docs/METHOD.md §1). The
+  one rule: a ratio that keeps none is an error here and in the config check alike."""
   if not 0.0 <= drop_ratio < 1.0:
     raise ValueError(f"token drop ratio must be in [0, 1), got {drop_ratio}.")
   kept = int(num_tokens * (1.0 - drop_ratio))

@@ -1,4 +1,4 @@
-"""Slot merging psi_merge (paper §3.2.3, eq. 9, App. B.2; SPEC §4).
+"""Slot merging psi_merge (paper §3.2.3, eq. 9, App. B.2; docs/METHOD.md §4).
 
 Agglomerative clustering of the K slots of each sample: complete linkage on the cosine
 distance 1 - cos, merging while the complete-link distance is below the threshold, i.e.

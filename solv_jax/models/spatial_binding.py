@@ -1,4 +1,4 @@
-"""Spatial binding psi_s-bind (paper §3.2.2, App. C; SPEC §2): slot attention per frame.
+"""Spatial binding psi_s-bind (paper §3.2.2, App. C; docs/METHOD.md §2): slot attention per frame.
 
 `InvariantSlotAttention` is Biza et al.'s invariant slot attention (ISA) with SOLV's shared
 learned initialisation: the slots z, their positions S_p and scales S_s and the absolute grid
@@ -10,7 +10,7 @@ Both take the kept tokens of one frame, (B, N', D), with their patch indices kee
 (row-major over the (h, w) patch grid), and return the slots (B, K, D_slot) and the attention
 W of the last pass (B, K, N'), normalised over tokens.
 
-`param_init` chooses how the layers start (SPEC §6): 'torch' (default) as the authors'
+`param_init` chooses how the layers start (docs/METHOD.md §6): 'torch' (default) as the authors'
 PyTorch modules initialise themselves, 'flax' with Flax's defaults. `dense` and `uniform` here
 are shared with the temporal binding and the decoder.
 """
@@ -30,7 +30,7 @@ PARAM_INITS = ("torch", "flax")  # config.model.param_init
 
 
 # ----------------------------------------------------------------------------------------------
-# Initialisation (SPEC §6): torch's defaults, the authors' starting point, or Flax's.
+# Initialisation (docs/METHOD.md §6): torch's defaults, the authors' starting point, or Flax's.
 # ----------------------------------------------------------------------------------------------
 def check_param_init(param_init: str) -> None:
   if param_init not in PARAM_INITS:

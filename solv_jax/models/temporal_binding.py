@@ -1,12 +1,12 @@
-"""Temporal binding psi_t-bind (paper §3.2.2, App. B.2; SPEC §3).
+"""Temporal binding psi_t-bind (paper §3.2.2, App. B.2; docs/METHOD.md §3).
 
 A post-norm transformer encoder that runs along time only: slot j of each frame attends to
 slot j of the other frames of the window, so each affinity matrix is F x F. Frames outside
 the video (zero-filled upstream) are masked out as attention keys. The output is the middle
 frame's slots, c in eq. (7).
 
-param_init 'torch' (default) starts the layers as the authors' torch.nn.TransformerEncoder
-does (SPEC §6): one layer initialised by torch, deep-copied num_layers times, so all layers
+param_init 'torch' (default) starts the layers as the authors' torch.nn.TransformerEncoder does
+(docs/METHOD.md §6): one layer initialised by torch, deep-copied num_layers times, so all layers
 start identical; 'flax' gives each layer its own Flax-default init.
 """
 from __future__ import annotations

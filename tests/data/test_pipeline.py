@@ -166,7 +166,7 @@ def test_ytvis_eval_subsets(tmp_path, data_config, monkeypatch):
   spec = {"train": [(f"v{i}", 3 + i % 2, (24, 32), 2) for i in range(5)],
           "valid": [("w", 4, (24, 32), 0)], "test": [("x", 3, (24, 32), 0)]}
   truth = make_ytvis(raw, spec)
-  # v2: object 2 is absent from frame 0, so evaluation drops it (SPEC §7).
+  # v2: object 2 is absent from frame 0, so evaluation drops it (docs/METHOD.md §7).
   ids_v2 = truth["train"]["v2"][1]
   frame0 = ids_v2[0].copy()
   frame0[frame0 == 2] = 0

@@ -1,4 +1,4 @@
-"""Decoder against a float64 numpy transcription of SPEC §5 / eqs. (10)-(11), plus the
+"""Decoder against a float64 numpy transcription of docs/METHOD.md §5 / eqs. (10)-(11), plus the
 mask properties (softmax over valid slots, exactly 0 on invalid ones)."""
 import jax
 import jax.numpy as jnp

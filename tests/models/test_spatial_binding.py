@@ -253,7 +253,7 @@ def test_build_spatial_binding_rejects_unknown_kind():
 
 
 # ----------------------------------------------------------------------------------------------
-# Initialisation (SPEC §6) against torch's own initialisers, at the authors' sizes
+# Initialisation (docs/METHOD.md §6) against torch's own initialisers, at the authors' sizes
 # ----------------------------------------------------------------------------------------------
 def _isa_params(param_init, seed=0):
   mod = sb.InvariantSlotAttention(8, (24, 36), slot_dim=128, param_init=param_init)

@@ -104,7 +104,7 @@ def test_param_shapes_and_dropout():
 
 
 # ----------------------------------------------------------------------------------------------
-# Initialisation (SPEC §6) against torch's nn.TransformerEncoder as the authors build it
+# Initialisation (docs/METHOD.md §6) against torch's nn.TransformerEncoder as the authors build it
 # ----------------------------------------------------------------------------------------------
 def _full_size_params(param_init):
   mod = TemporalBinding(num_frames=5, param_init=param_init)  # D_slot 128, 8 heads, 3 layers

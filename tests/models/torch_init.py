@@ -1,4 +1,4 @@
-"""Compares a solv_jax initialisation with a sample of torch's own initialiser (SPEC §6).
+"""Compares a solv_jax initialisation with a sample of torch's own initialiser (docs/METHOD.md §6).
 
 Both samples are seeded, so each comparison is deterministic. The distributions must agree
 (two-sample Kolmogorov-Smirnov), and so must the standard deviation and, for the uniform

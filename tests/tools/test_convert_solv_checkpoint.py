@@ -325,7 +325,7 @@ def test_converted_file_segments_evaluates_and_serves_as_init_from(converted, tm
   names = sorted(os.listdir(seg / "masks"))
   assert names == [f"{t:06d}.png" for t in range(4)]
   assert np.asarray(Image.open(seg / "masks" / names[0])).shape == (30, 40)
-  # Evaluation (the protocol of SPEC §7) of the loaded file on a clip with two objects.
+  # Evaluation (the protocol of docs/METHOD.md §7) of the loaded file on a clip with two objects.
   loaded = build.load(out)
   loaded.config.eval.num_visualize = 0
   video = np.stack([np.asarray(Image.open(frames / f"{t}.png")) for t in range(4)])
@@ -431,7 +431,7 @@ def test_arbitrary_pickles_are_refused_and_not_run(encoder_file, tmp_path, capsy
 
 def test_the_released_size_maps_completely_onto_the_ytvis19_config():
   """The authors' SOLV at their defaults (336 x 504, 8 slots, ViT-B/14; 5,799,521 trainable
-  parameters, SPEC §9) against the params of configs/ytvis19.py, shapes only."""
+  parameters, docs/METHOD.md §9) against the params of configs/ytvis19.py, shapes only."""
   model = AuthorsSOLV(d_in=768, k=8, d_slot=128, grid_hw=(24, 36), num_frames=5, hidden=1024)
   state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
   assert sum(v.size for v in state.values()) == 5_799_521
