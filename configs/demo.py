@@ -50,7 +50,7 @@ def recipe(config):
   config.data.synthetic.background_cells = 4
   config.data.synthetic.background_contrast = 0.25
   config.data.synthetic.background_mix = 0.0
-  config.data.synthetic.shading = 0.0  # > 0: lit objects (README, "honest status")
+  config.data.synthetic.shading = 0.0  # > 0: lit objects (docs/demo.md)
 
   config.model.encoder_variant = "vits14"
   config.model.encoder_blocks = 1

@@ -3,9 +3,9 @@
 Per frame: k-means of the full-token DINOv2 features (N, D) with the ORACLE number of segments,
 i.e. the number of ground-truth objects visible in that frame plus one for the background.
 Across frames: the clusters' mean features play the role of slots and are tracked with the
-model's own tracker (`metrics.track_slots`: Hungarian matching on cosine similarity between
+model's own tracker (`tracking.track_slots`: Hungarian matching on cosine similarity between
 consecutive frames). Masks: one-hot cluster masks on the token grid, upsampled and argmaxed
-like the model's (`metrics.masks_to_ids`), then scored by `metrics.evaluate_video`.
+like the model's (`tracking.masks_to_ids`), then scored by `metrics.evaluate_video`.
 
 Whatever the model gains over this number comes from binding, not from the features alone:
 the model is not told how many objects a frame has.
@@ -25,7 +25,7 @@ from typing import Iterable
 
 import numpy as np
 
-from solv_jax import metrics
+from solv_jax import metrics, tracking
 
 
 def kmeans(x: np.ndarray, k: int, *, seed: int = 0, n_init: int = 4, max_iter: int = 100,
@@ -115,8 +115,8 @@ def kmeans_segment_video(features: np.ndarray, num_segments: Iterable[int],
     labels, c, _ = kmeans(features[i], counts[i], seed=seed + i, n_init=n_init)
     centres[i, :len(c)], valid[i, :len(c)] = c, True
     masks[i, labels, np.arange(n)] = 1.0
-  track_ids = metrics.track_slots(centres, valid)
-  return metrics.masks_to_ids(masks.reshape(t, k_max, *grid_hw), track_ids, out_hw=out_hw)
+  track_ids = tracking.track_slots(centres, valid)
+  return tracking.masks_to_ids(masks.reshape(t, k_max, *grid_hw), track_ids, out_hw=out_hw)
 
 
 def area_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -133,7 +133,7 @@ def token_oracle_video(gt: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray:
 
   Each ground-truth segment's one-hot mask is area-averaged onto the (h, w) token grid (the
   soft mask a perfect slot would have), then upsampled and argmaxed exactly like the model's
-  decoder masks (`metrics.masks_to_ids`). Objects smaller than a token, and every boundary
+  decoder masks (`tracking.masks_to_ids`). Objects smaller than a token, and every boundary
   inside a token, are lost as they are for the model; the score is an upper bound on what
   SOLV can reach at that resolution (docs/METHOD.md §7).
 
@@ -151,7 +151,7 @@ def token_oracle_video(gt: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray:
   cols = area_matrix(width, grid_hw[1]).astype(np.float32)  # (w, W)
   pooled = np.matmul(rows, np.matmul(onehot, cols.T))  # (T, G, h, w)
   ids = np.broadcast_to(labels, (t, len(labels)))
-  return metrics.masks_to_ids(pooled, ids, out_hw=(height, width))
+  return tracking.masks_to_ids(pooled, ids, out_hw=(height, width))
 
 
 def oracle_num_segments(gt: np.ndarray) -> np.ndarray:

@@ -38,32 +38,9 @@ PROG = "python -m solv_jax.evaluate"
 _CHECKPOINT_KINDS = ("a training workdir, or an .npz from tools/export_numpy.py or "
                      "tools/convert_solv_checkpoint.py")
 
-# Every metric of results.json, in table order: (key, what it is, who reports it). The same
-# words as docs/METRICS.md, which has the details.
-METRICS = (
-    ("fg_ari", "FG-ARI per frame, raw prediction", "SOLV on MOVi-E"),
-    ("fg_ari_matched", "FG-ARI per frame, Hungarian-matched prediction",
-     "SOLV on YTVIS19 / DAVIS17"),
-    ("video_fg_ari", "FG-ARI per video (one table over all frames)",
-     "SAVi, VideoSAUR, SlotContrast"),
-    ("miou", "mIoU, one Hungarian matching per video", "SOLV on YTVIS19 / DAVIS17"),
-    ("mbo", "mBO per video (IoU over the video volume)", "VideoSAUR, SlotContrast"),
-    ("frame_mbo", "mBO per frame (image-level)", "image methods, e.g. DINOSAUR"),
-    ("jf_mean", "DAVIS J&F-Mean, unsupervised task", "DAVIS 2017, VOS literature"),
-    ("j_mean", "DAVIS J (region IoU): mean", "DAVIS 2017"),
-    ("j_recall", "DAVIS J: recall (frames with J > 0.5)", "DAVIS 2017"),
-    ("j_decay", "DAVIS J: decay (first - last quarter)", "DAVIS 2017"),
-    ("f_mean", "DAVIS F (boundary F-measure): mean", "DAVIS 2017"),
-    ("f_recall", "DAVIS F: recall (frames with F > 0.5)", "DAVIS 2017"),
-    ("f_decay", "DAVIS F: decay (first - last quarter)", "DAVIS 2017"),
-    ("jf_recall", "(J + F) / 2 of the recalls", "not in the official table"),
-    ("jf_decay", "(J + F) / 2 of the decays", "not in the official table"),
-    ("num_videos", "videos scored", ""),
-    ("num_objects", "ground-truth objects (mIoU)", ""),
-    ("davis_num_objects", "objects J&F counts (first frames' ids)", ""),
-)
 # Keys of results.json that are not metrics of the table.
 NOT_METRICS = ("step", "frames_per_second", "videos", "checkpoint")
+# The table's rows are metrics.METRICS: (key, what it is, who reports it) in its order.
 
 
 class EvalError(ValueError):
@@ -142,9 +119,10 @@ def _value(v) -> str:
 
 
 def format_table(results: dict) -> str:
-  """Every metric of `results` (METRICS, then any other numeric key), one row each."""
-  rows = [(key, _value(results.get(key)), what, who) for key, what, who in METRICS]
-  known = {key for key, _, _ in METRICS} | set(NOT_METRICS)
+  """Every metric of `results` (metrics.METRICS, then any other numeric key), one row each."""
+  from solv_jax import metrics
+  rows = [(m.key, _value(results.get(m.key)), m.what, m.reported_by) for m in metrics.METRICS]
+  known = set(metrics.METRIC) | set(NOT_METRICS)
   rows += [(key, _value(v), "see docs/METRICS.md", "")
            for key, v in results.items()
            if key not in known and isinstance(v, (int, float)) and not isinstance(v, bool)]

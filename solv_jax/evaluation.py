@@ -13,29 +13,25 @@ from typing import Iterable
 import jax
 import numpy as np
 
-from solv_jax import metrics, visualize
+from solv_jax import metrics, tracking, visualize
 from solv_jax.data.frames import resize_frames
 from solv_jax.inference import VideoSegmenter
 from solv_jax.models.solv import SOLV
 
-# The metrics a one-line summary of an evaluation shows (main, periodic evaluation).
-SUMMARY_KEYS = ("fg_ari", "fg_ari_matched", "video_fg_ari", "miou", "mbo", "frame_mbo",
-                "jf_mean", "num_videos")
-
-# The metrics results.json lists for each video ("videos"); the dataset numbers carry every key
-# of metrics.aggregate. docs/METRICS.md says which paper reports which.
-PER_VIDEO_KEYS = ("fg_ari", "fg_ari_matched", "video_fg_ari", "miou", "mbo", "frame_mbo",
-                  "j_mean", "f_mean", "jf_mean")
-METRICS_NOTE = ("mbo: per-video (volume) mBO, VideoSAUR/SlotContrast; frame_mbo: per-frame "
-                "(image-level) mBO; j_*/f_*/jf_*: DAVIS unsupervised J&F (mean, recall, decay; "
-                "jf_mean = official J&F-Mean), pooled over the objects of the first frames "
-                "(davis_num_objects). See docs/METRICS.md.")
+def _notes() -> dict:
+  """The notes results.json carries on its metrics, from the metric table."""
+  fg = "; ".join(f"{m.key}: {m.what} ({m.reported_by})" for m in metrics.METRICS
+                 if m.key.endswith("fg_ari") or m.key == "fg_ari_matched")
+  rest = "; ".join(f"{m.key}: {m.what}" for m in metrics.METRICS
+                   if m.video is not None and "fg_ari" not in m.key)
+  return {"fg_ari_note": fg, "metrics_note": f"{rest}. See docs/METRICS.md."}
 
 
 def summary(results: dict) -> str:
-  """The one line of SUMMARY_KEYS an evaluation prints: scores to 4 places, counts as counts."""
+  """The one line an evaluation prints (the metric table's 'summary' keys): scores to 4 places,
+  counts as counts."""
   return " ".join(f"{k}={results[k]:.4f}" if isinstance(results[k], float) else
-                  f"{k}={results[k]}" for k in SUMMARY_KEYS if k in results)
+                  f"{k}={results[k]}" for k in metrics.keys("summary") if k in results)
 
 
 def evaluate(config, model: SOLV, params: dict, workdir: str, step: int | None,
@@ -64,13 +60,14 @@ def evaluate(config, model: SOLV, params: dict, workdir: str, step: int | None,
     frames = resize_frames(video["video"], tuple(config.data.resolution))
     out = segmenter(frames)
     gt = np.asarray(video["segmentations"])
-    pred = metrics.masks_to_ids(out["masks"], out["track_ids"], out_hw=gt.shape[1:3])
+    pred = tracking.masks_to_ids(out["masks"], out["track_ids"], out_hw=gt.shape[1:3])
     num_frames += len(frames)
     name = _name(video, i)
     if not video.get("has_annotations", True):
       continue
     result = acc.update(pred, gt)
-    per_video.append({"video": name, **{k: float(result[k]) for k in PER_VIDEO_KEYS}})
+    per_video.append({"video": name,
+                      **{k: float(result[k]) for k in metrics.keys("per_video")}})
     if i < config.eval.num_visualize and writes:
       safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
       raw = np.asarray(video["video"])
@@ -78,11 +75,7 @@ def evaluate(config, model: SOLV, params: dict, workdir: str, step: int | None,
       visualize.save_gif(os.path.join(out_dir, f"{safe}.gif"), raw, gt, pred)
   results = {**acc.compute(), "step": None if step is None else int(step),
              "frames_per_second": num_frames / max(time.time() - t0, 1e-9), "videos": per_video,
-             "fg_ari_note": ("fg_ari: per-frame ARI on GT foreground of the raw prediction "
-                             "(MOVi-E standard); fg_ari_matched: the authors' YTVIS/DAVIS "
-                             "variant on the matched prediction; video_fg_ari: one table per "
-                             "video (SAVi/VideoSAUR)"),
-             "metrics_note": METRICS_NOTE, **(extra or {})}
+             **_notes(), **(extra or {})}
   if writes:
     with open(os.path.join(out_dir, "results.json"), "w") as f:
       json.dump(results, f, indent=2)

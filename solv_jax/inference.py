@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from solv_jax import metrics
+from solv_jax import tracking
 from solv_jax.data.frames import normalize_frames, resize_frame
 from solv_jax.models import build
 from solv_jax.models.solv import SOLV
@@ -126,7 +126,7 @@ class VideoSegmenter:
   def _finish(self, out: dict) -> dict:
     h, w = self.grid_hw
     out["masks"] = out["masks"].reshape(out["masks"].shape[0], -1, h, w)  # (T, K, h, w)
-    out["track_ids"] = metrics.track_slots(out["slots"], out["valid"])
+    out["track_ids"] = tracking.track_slots(out["slots"], out["valid"])
     return out
 
 
@@ -275,13 +275,13 @@ def segment_frames(loaded: LoadedModel, frames: Iterable[np.ndarray],
 
 def frame_ids(out: dict, t: int, hw: tuple[int, int]) -> np.ndarray:
   """Frame t's (H, W) int32 track ids from the segmenter's outputs, upsampled to hw."""
-  return metrics.masks_to_ids(out["masks"][t:t + 1], out["track_ids"][t:t + 1], out_hw=hw)[0]
+  return tracking.masks_to_ids(out["masks"][t:t + 1], out["track_ids"][t:t + 1], out_hw=hw)[0]
 
 
 def segment(loaded: LoadedModel, frames: np.ndarray, progress: bool = True):
   """(T, H, W, 3) uint8 frames -> ((T, H, W) int32 track ids, the segmenter's outputs).
 
-  `segment_frames` on the frames in memory, then `metrics.masks_to_ids` upsampling to (H, W)
+  `segment_frames` on the frames in memory, then `tracking.masks_to_ids` upsampling to (H, W)
   frame by frame.
   """
   frames = np.asarray(frames)

@@ -1,22 +1,24 @@
 """Evaluation metrics of SOLV (docs/METHOD.md §7), on the host with numpy and scipy.
 
-Pipeline for one video, as `evaluate.py` runs it:
+Pipeline for one video, as `evaluation.evaluate` runs it:
 
   slots, valid, masks per frame  -- model outputs, K slots per frame
-    -> `track_slots`      track id per slot: Hungarian matching between consecutive frames
-    -> `masks_to_ids`     per-pixel track id: masks bilinearly upsampled (`upsample_masks`,
-                          torch `F.interpolate(mode="bilinear", align_corners=False)`), argmax
-                          over valid slots
-    -> `evaluate_video`   every metric below from one contingency table (and, for J&F, the
+    -> `tracking.track_slots`   track id per slot: Hungarian matching between consecutive frames
+    -> `tracking.masks_to_ids`  per-pixel track id (masks upsampled, argmax over valid slots)
+    -> `evaluate_video`   every metric of METRICS from one contingency table (and, for J&F, the
                           boundaries of the masks)
     -> `MetricAccumulator` (or `aggregate`) the dataset numbers.
+
+METRICS is the metric table: one row per metric (its key, what it is, who reports it, its
+per-video function and how videos pool); evaluate_video, aggregate, the evaluation's table and
+summary line, results.json and tools/demo_sweep.py all read it. A new metric is a row there.
 
 Ground truth `gt` (T, H, W) int: 0 background, 1.. objects, -1 (any negative) void. Void pixels
 are ignored by every metric. Predicted ids may be any integers (they need not be 0..K-1).
 All counts are int64 and derived quantities float64: the pair counts of a 24x256x256 video
 (~1.2e12) are far beyond float32's exact-integer range.
 
-Metrics (`evaluate_video` keys; `aggregate` says how videos are combined):
+The metrics (METRICS keys; `aggregate` says how videos are combined):
   fg_ari          ARI on ground-truth-foreground pixels of each frame, raw prediction, averaged
                   over the frames that have foreground (the MOVi-E standard, and how the
                   authors' release skips frames; VideoSAUR's per-frame ARI skips them too).
@@ -40,115 +42,13 @@ is 1 (sklearn, SAVi); a video without foreground gives NaN and is skipped when a
 """
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple
+import dataclasses
+import functools
+from typing import Callable, Iterable, NamedTuple
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
-
-_COS_EPS = 1e-8  # added to slot norms before the cosine similarity, as the authors do
-
-
-# ----------------------------------------------------------------------------------------------
-# Slots -> per-pixel track ids.
-# ----------------------------------------------------------------------------------------------
-def track_slots(slots: np.ndarray, valid: np.ndarray) -> np.ndarray:
-  """Track ids of the slots of one video (docs/METHOD.md §7, temporal consistency).
-
-  Frame 0's valid slots get ids 0, 1, ... in slot order. Between consecutive frames the valid
-  slots are matched by the Hungarian algorithm on cosine similarity (maximised); a slot of frame
-  t takes the id of its partner in frame t-1. When frame t has more valid slots than frame t-1,
-  a slot left without a partner takes the id of its most similar slot in frame t-1 (so two
-  slots can share an id, and their masks then form one segment).
-
-  Args:
-    slots: (T, K, Ds) float slots per frame.
-    valid: (T, K) bool, False for slots removed by merging.
-  Returns:
-    (T, K) int32 track ids, -1 on invalid slots.
-  """
-  slots = np.asarray(slots, np.float64)
-  valid = np.asarray(valid, bool)
-  if slots.ndim != 3 or valid.shape != slots.shape[:2]:
-    raise ValueError(f"track_slots expects slots (T, K, Ds) and valid (T, K); got shapes "
-                     f"{slots.shape} and {valid.shape}.")
-  empty = np.flatnonzero(~valid.any(axis=1))
-  if empty.size:
-    raise ValueError(f"Frames {empty.tolist()} have no valid slot; every frame needs at least "
-                     "one (merging always keeps one).")
-  unit = slots / (np.linalg.norm(slots, axis=-1, keepdims=True) + _COS_EPS)
-  ids = np.full(valid.shape, -1, np.int32)
-  cur = np.flatnonzero(valid[0])
-  ids[0, cur] = np.arange(cur.size)
-  for t in range(1, valid.shape[0]):
-    prev, cur = np.flatnonzero(valid[t - 1]), np.flatnonzero(valid[t])
-    sim = unit[t - 1, prev] @ unit[t, cur].T  # (K_prev, K_cur)
-    rows, cols = linear_sum_assignment(sim, maximize=True)
-    partner = np.argmax(sim, axis=0)  # (K_cur,) most similar previous slot, for the unmatched
-    partner[cols] = rows
-    ids[t, cur] = ids[t - 1, prev[partner]]
-  return ids
-
-
-def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
-  """(n_out, n_in) weights of torch's 1-D linear interpolation with align_corners=False."""
-  scale = n_in / n_out
-  src = np.maximum((np.arange(n_out) + 0.5) * scale - 0.5, 0.0)  # torch clamps at 0
-  i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-  i1 = np.minimum(i0 + 1, n_in - 1)
-  w1 = src - i0
-  weights = np.zeros((n_out, n_in), np.float64)
-  np.add.at(weights, (np.arange(n_out), i0), 1.0 - w1)
-  np.add.at(weights, (np.arange(n_out), i1), w1)
-  return weights
-
-
-def upsample_masks(masks: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-  """Bilinear resize of the last two axes, as torch F.interpolate(mode='bilinear',
-  align_corners=False, antialias=False).
-
-  Args:
-    masks: (..., h, w) float, e.g. (T, K, h, w) decoder masks on the token grid.
-    out_hw: (H, W) output size, e.g. the ground-truth resolution.
-  Returns:
-    (..., H, W) float32.
-  """
-  masks = np.asarray(masks, np.float32)
-  if masks.ndim < 2:
-    raise ValueError(f"upsample_masks expects (..., h, w) masks; got shape {masks.shape}.")
-  (h, w), (out_h, out_w) = masks.shape[-2:], (int(out_hw[0]), int(out_hw[1]))
-  rows = _bilinear_matrix(h, out_h).astype(np.float32)  # (H, h)
-  cols = _bilinear_matrix(w, out_w).astype(np.float32)  # (W, w)
-  return np.matmul(rows, np.matmul(masks, cols.T))  # (..., H, W)
-
-
-def masks_to_ids(masks: np.ndarray, track_ids: np.ndarray,
-                 out_hw: tuple[int, int] | None = None) -> np.ndarray:
-  """Per-pixel track id: argmax over the valid slots of each frame (docs/METHOD.md §7, masks).
-
-  Args:
-    masks: (T, K, H, W) float slot masks; with `out_hw`, (T, K, h, w) masks that are upsampled
-      here one frame at a time (keeps memory at one frame of full-resolution masks).
-    track_ids: (T, K) int from `track_slots`, -1 marks invalid slots (never chosen).
-    out_hw: optional (H, W) to upsample to with `upsample_masks`.
-  Returns:
-    (T, H, W) int32 track ids.
-  """
-  masks = np.asarray(masks)
-  track_ids = np.asarray(track_ids)
-  if masks.ndim != 4 or track_ids.shape != masks.shape[:2]:
-    raise ValueError(f"masks_to_ids expects masks (T, K, H, W) and track_ids (T, K); got shapes "
-                     f"{masks.shape} and {track_ids.shape}.")
-  if not (track_ids >= 0).any(axis=1).all():
-    raise ValueError("Every frame needs at least one valid slot (track id >= 0).")
-  out = []
-  for frame_masks, frame_ids in zip(masks, track_ids):
-    if out_hw is not None:
-      frame_masks = upsample_masks(frame_masks, out_hw)  # (K, H, W)
-    scores = np.where((frame_ids >= 0)[:, None, None], frame_masks, -np.inf)
-    out.append(frame_ids[np.argmax(scores, axis=0)])  # (H, W)
-  return np.stack(out).astype(np.int32)
-
 
 # ----------------------------------------------------------------------------------------------
 # Contingency table: everything below is computed from it.
@@ -494,9 +394,10 @@ def davis_j_and_f(pred_ids: np.ndarray, gt: np.ndarray,
   is a proposal (SOLV has no background class; the toolkit reads ids 1..max from PNGs, treats 0
   as background, counts gaps in the ids as empty proposals and refuses more than 20 proposals).
   For ids written as PNGs 1..P without gaps, P <= 20, the numbers are the same. Void (gt < 0) is
-  excluded as the toolkit's J and F functions do when given a void mask; its evaluation.py
-  derives that mask from the ground truth after setting 255 to 0, so in effect counts void as
-  background: pass np.where(gt < 0, 0, gt) to reproduce that. The official unsupervised task
+  excluded from J and F, and the official toolkit's numbers on real DAVIS masks with void bands
+  equal these (measured); replacing void by background (np.where(gt < 0, 0, gt)) does not
+  reproduce them: F changes (e.g. 0.380 / 0.437 instead of 0.479 / 0.638 on bike-packing). The
+  official unsupervised task
   scores against its own annotations (Annotations_unsupervised); this function scores against
   whatever `gt` holds (tools/convert_davis.py records: the semi-supervised Annotations/480p).
 
@@ -602,8 +503,132 @@ def frame_mbo(pred_ids: np.ndarray, gt: np.ndarray) -> float:
   return _frame_mbo(contingency(pred_ids, gt))
 
 
+# ----------------------------------------------------------------------------------------------
+# The metric table: every metric of results.json, how one video gives it and how videos pool.
+# ----------------------------------------------------------------------------------------------
+class VideoScores:
+  """What one video's metrics are computed from, each part computed once when first used: the
+  contingency table, the Hungarian matching, the volume IoU and (for J&F) the boundaries."""
+
+  def __init__(self, pred_ids: np.ndarray, gt: np.ndarray):
+    self.pred_ids, self.gt = pred_ids, gt
+    self.c = contingency(pred_ids, gt)
+    self.fg = _foreground(self.c)                      # (T, G_fg, P)
+
+  @functools.cached_property
+  def match(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return _match(self.c)                              # column, matched, object IoUs
+
+  @functools.cached_property
+  def best_overlaps(self) -> np.ndarray:
+    iou = _volume_iou(self.c)                          # (G_fg, P)
+    return iou.max(axis=1) if iou.shape[1] else np.zeros(iou.shape[0])
+
+  @functools.cached_property
+  def davis(self) -> dict:
+    # Signed ids: the boundary code subtracts 1 from labels (uint8 ground truth would wrap).
+    stats = _davis_j_and_f(self.c, np.asarray(self.pred_ids).astype(np.int64),
+                           np.asarray(self.gt).astype(np.int64)).stats
+    return {**_davis_summary(stats), "davis_stats": stats}
+
+
+def _mean(x: np.ndarray) -> float:
+  return float(x.mean()) if x.size else float("nan")
+
+
+def _mean_over_videos(key: str) -> Callable[[list[dict]], float]:
+  """Pooling: the mean over videos of their values, videos without one (NaN) skipped."""
+  def pool(results):
+    values = np.array([r.get(key, np.nan) for r in results], np.float64)
+    return _mean(values[~np.isnan(values)])
+  return pool
+
+
+def _objects(results: list[dict]) -> np.ndarray:
+  return np.concatenate([np.zeros(0)] + [np.asarray(r["object_ious"]) for r in results])
+
+
+def _davis_objects(results: list[dict]) -> np.ndarray:
+  return np.concatenate([np.zeros((0, 6))] + [np.asarray(r["davis_stats"]).reshape(-1, 6)
+                                              for r in results if "davis_stats" in r])
+
+
+def _pooled_davis(key: str) -> Callable[[list[dict]], float]:
+  """Pooling: the mean over all DAVIS objects of all videos, as the official evaluation."""
+  return lambda results: _davis_summary(_davis_objects(results))[key]
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+  """One row of the metric table."""
+  key: str          # its name in results.json and in the evaluation table
+  what: str         # what it is, in one line
+  reported_by: str  # who reports it (docs/METRICS.md has the details)
+  video: Callable[[VideoScores], float] | None  # one video's value; None: a count of the dataset
+  pool: Callable[[list[dict]], float | int]     # the dataset's value from the videos' results
+  davis: bool = False          # needs the boundaries: only with J&F (evaluate_video's j_and_f)
+  show: frozenset = frozenset()  # also in: 'summary' (the one line an evaluation prints),
+  #                                'per_video' (results.json "videos"), 'sweep' (demo_sweep)
+
+
+def _m(key, what, who, video, pool, *show, davis=False) -> Metric:
+  return Metric(key, what, who, video, pool, davis, frozenset(show))
+
+
+METRICS: tuple[Metric, ...] = (
+    _m("fg_ari", "FG-ARI per frame, raw prediction", "SOLV on MOVi-E",
+       lambda v: _frame_fg_ari(v.fg), _mean_over_videos("fg_ari"),
+       "summary", "per_video", "sweep"),
+    _m("fg_ari_matched", "FG-ARI per frame, Hungarian-matched prediction",
+       "SOLV on YTVIS19 / DAVIS17",
+       lambda v: _frame_fg_ari(_matched_table(v.c, *v.match[:2])[:, v.c.gt_labels > 0]),
+       _mean_over_videos("fg_ari_matched"), "summary", "per_video"),
+    _m("video_fg_ari", "FG-ARI per video (one table over all frames)",
+       "SAVi, VideoSAUR, SlotContrast", lambda v: _video_fg_ari(v.fg),
+       _mean_over_videos("video_fg_ari"), "summary", "per_video", "sweep"),
+    _m("miou", "mIoU, one Hungarian matching per video", "SOLV on YTVIS19 / DAVIS17",
+       lambda v: _mean(v.match[2]), lambda results: _mean(_objects(results)),
+       "summary", "per_video", "sweep"),
+    _m("mbo", "mBO per video (IoU over the video volume)", "VideoSAUR, SlotContrast",
+       lambda v: _mean(v.best_overlaps), _mean_over_videos("mbo"),
+       "summary", "per_video", "sweep"),
+    _m("frame_mbo", "mBO per frame (image-level)", "image methods, e.g. DINOSAUR",
+       lambda v: _frame_mbo(v.c), _mean_over_videos("frame_mbo"), "summary", "per_video"),
+    _m("jf_mean", "DAVIS J&F-Mean, unsupervised task", "DAVIS 2017, VOS literature",
+       lambda v: v.davis["jf_mean"], _pooled_davis("jf_mean"), "summary", "per_video",
+       davis=True),
+    _m("j_mean", "DAVIS J (region IoU): mean", "DAVIS 2017", lambda v: v.davis["j_mean"],
+       _pooled_davis("j_mean"), "per_video", davis=True),
+    _m("j_recall", "DAVIS J: recall (frames with J > 0.5)", "DAVIS 2017", lambda v: v.davis["j_recall"],
+       _pooled_davis("j_recall"), davis=True),
+    _m("j_decay", "DAVIS J: decay (first - last quarter)", "DAVIS 2017", lambda v: v.davis["j_decay"],
+       _pooled_davis("j_decay"), davis=True),
+    _m("f_mean", "DAVIS F (boundary F-measure): mean", "DAVIS 2017", lambda v: v.davis["f_mean"],
+       _pooled_davis("f_mean"), "per_video", davis=True),
+    _m("f_recall", "DAVIS F: recall (frames with F > 0.5)", "DAVIS 2017", lambda v: v.davis["f_recall"],
+       _pooled_davis("f_recall"), davis=True),
+    _m("f_decay", "DAVIS F: decay (first - last quarter)", "DAVIS 2017", lambda v: v.davis["f_decay"],
+       _pooled_davis("f_decay"), davis=True),
+    _m("jf_recall", "(J + F) / 2 of the recalls", "not in the official table",
+       lambda v: v.davis["jf_recall"], _pooled_davis("jf_recall"), davis=True),
+    _m("jf_decay", "(J + F) / 2 of the decays", "not in the official table",
+       lambda v: v.davis["jf_decay"], _pooled_davis("jf_decay"), davis=True),
+    _m("num_videos", "videos scored", "", None, len, "summary"),
+    _m("num_objects", "ground-truth objects (mIoU)", "", None,
+       lambda results: int(_objects(results).size)),
+    _m("davis_num_objects", "objects J&F counts (first frames' ids)", "", None,
+       lambda results: int(_davis_objects(results).shape[0]), davis=True),
+)
+METRIC = {m.key: m for m in METRICS}
+
+
+def keys(show: str) -> tuple[str, ...]:
+  """The keys of the table shown in `show` ('summary', 'per_video' or 'sweep'), in order."""
+  return tuple(m.key for m in METRICS if show in m.show)
+
+
 def evaluate_video(pred_ids: np.ndarray, gt: np.ndarray, j_and_f: bool = True) -> dict:
-  """All metrics of one video: one contingency table, and the boundaries for J&F.
+  """Every per-video metric of METRICS from one contingency table (and the boundaries for J&F).
 
   Args:
     pred_ids: (T, H, W) int predicted ids (e.g. track ids from `masks_to_ids`).
@@ -616,35 +641,18 @@ def evaluate_video(pred_ids: np.ndarray, gt: np.ndarray, j_and_f: bool = True) -
     'jf_mean', 'jf_recall', 'jf_decay' (NaN without objects in the first frame), and
     'davis_stats' (G, 6), one row of DAVIS_STATS per object, which `aggregate` pools.
   """
-  c = contingency(pred_ids, gt)
-  fg = _foreground(c)
-  column, matched, ious = _match(c)
-  volume_iou = _volume_iou(c)
-  overlaps = volume_iou.max(axis=1) if volume_iou.shape[1] else np.zeros(volume_iou.shape[0])
-  mean = lambda x: float(x.mean()) if x.size else float("nan")  # noqa: E731
-  result = {
-      "fg_ari": _frame_fg_ari(fg),
-      "fg_ari_matched": _frame_fg_ari(_matched_table(c, column, matched)[:, c.gt_labels > 0]),
-      "video_fg_ari": _video_fg_ari(fg),
-      "miou": mean(ious),
-      "mbo": mean(overlaps),
-      "frame_mbo": _frame_mbo(c),
-      "object_ious": ious,
-      "best_overlaps": overlaps,
-  }
+  v = VideoScores(pred_ids, gt)
+  result = {m.key: m.video(v) for m in METRICS
+            if m.video is not None and (j_and_f or not m.davis)}
+  result.update(object_ious=v.match[2], best_overlaps=v.best_overlaps)
   if j_and_f:
-    # Signed ids: the boundary code subtracts 1 from labels (uint8 ground truth would wrap).
-    stats = _davis_j_and_f(c, np.asarray(pred_ids).astype(np.int64),
-                           np.asarray(gt).astype(np.int64)).stats
-    result.update(_davis_summary(stats), davis_stats=stats)
+    result["davis_stats"] = v.davis["davis_stats"]
   return result
 
 
-# ----------------------------------------------------------------------------------------------
-# Dataset numbers.
-# ----------------------------------------------------------------------------------------------
 def aggregate(results: Iterable[dict]) -> dict:
-  """Combines `evaluate_video` results (docs/METHOD.md §7).
+  """The dataset numbers of METRICS from `evaluate_video` results (docs/METHOD.md §7), each
+  pooled as its table row says.
 
   fg_ari, fg_ari_matched, video_fg_ari: mean over videos (videos without foreground skipped).
   miou: mean over all objects of all videos. mbo, frame_mbo: mean over videos of the per-video
@@ -654,28 +662,8 @@ def aggregate(results: Iterable[dict]) -> dict:
   official table). davis_num_objects: the objects J&F counts (those of the first frames).
   """
   results = list(results)
-
-  def video_mean(key):
-    values = np.array([r.get(key, np.nan) for r in results], np.float64)
-    values = values[~np.isnan(values)]
-    return float(values.mean()) if values.size else float("nan")
-
-  ious = np.concatenate([np.zeros(0)] + [np.asarray(r["object_ious"]) for r in results])
-  out = {
-      "fg_ari": video_mean("fg_ari"),
-      "fg_ari_matched": video_mean("fg_ari_matched"),
-      "video_fg_ari": video_mean("video_fg_ari"),
-      "miou": float(ious.mean()) if ious.size else float("nan"),
-      "mbo": video_mean("mbo"),
-      "frame_mbo": video_mean("frame_mbo"),
-      "num_videos": len(results),
-      "num_objects": int(ious.size),
-  }
-  if any("davis_stats" in r for r in results):
-    stats = np.concatenate([np.zeros((0, 6))] + [np.asarray(r["davis_stats"]).reshape(-1, 6)
-                                                 for r in results if "davis_stats" in r])
-    out.update(_davis_summary(stats), davis_num_objects=int(stats.shape[0]))
-  return out
+  with_davis = any("davis_stats" in r for r in results)
+  return {m.key: m.pool(results) for m in METRICS if with_davis or not m.davis}
 
 
 class MetricAccumulator:

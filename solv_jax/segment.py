@@ -21,7 +21,7 @@ videos), naming the first frame that differs.
 The model runs at the resolution it was trained at (config.data.resolution: its decoder position
 embedding and G_abs are learned per token of that grid), through `inference.VideoSegmenter`
 (the evaluation protocol, docs/METHOD.md §7), and its masks are upsampled to the video's own
-size with `metrics.masks_to_ids`. --out must be a new or empty folder; a non-empty one is
+size with `tracking.masks_to_ids`. --out must be a new or empty folder; a non-empty one is
 refused unless --overwrite is given, which replaces this command's outputs there (stale
 masks/NNNNNN.png, overlay.*, summary.json, slots.npz) and leaves any other file alone. Written under --out:
   masks/000000.png ...  one per frame at the video's size; pixel value = track id (0, 1, ...).

@@ -16,7 +16,7 @@ import sys
 import jax
 import pytest
 
-from solv_jax import checkpoints, evaluate, evaluation, export, sharding, train_step
+from solv_jax import checkpoints, evaluate, evaluation, export, metrics, sharding, train_step
 from solv_jax.data import pipeline
 from solv_jax.models import build
 from tests import tiny
@@ -82,7 +82,7 @@ def _saved(out_dir):
 def _check_table(stdout, results):
   """Every metric variant is a row: its name, its value, what it is and who reports it."""
   rows = {line.split()[0]: line for line in stdout.splitlines() if line.strip()}
-  for key, what, who in evaluate.METRICS:
+  for key, what, who in ((m.key, m.what, m.reported_by) for m in metrics.METRICS):
     assert key in rows, (key, stdout)
     assert evaluate._value(results[key]) in rows[key].split(), (key, rows[key])
     assert what in rows[key] and who in rows[key], rows[key]
@@ -98,11 +98,17 @@ def test_every_variant_is_in_the_table_and_in_metrics_md(model):
   expected = model[-1]
   variants = {k for k, v in expected.items()
               if k not in evaluate.NOT_METRICS and isinstance(v, (int, float))}
-  assert variants == {key for key, _, _ in evaluate.METRICS}
+  assert variants == set(metrics.METRIC)
   with open(os.path.join(ROOT, "docs", "METRICS.md")) as f:
     doc = f.read()
   for key in variants:
     assert f"`{key}`" in doc, key
+  # The doc's example of the printed table says what the metric table says.
+  example = [line for line in doc.splitlines() if line.split(" ", 1)[0] in metrics.METRIC]
+  assert len(example) >= 7, example
+  for line in example:
+    row = metrics.METRIC[line.split(" ", 1)[0]]
+    assert row.what in line and row.reported_by in line, (line, row)
   assert "python -m solv_jax.evaluate" in doc
 
 

@@ -10,7 +10,7 @@ from hypothesis.extra import numpy as hnp
 from scipy import ndimage
 from sklearn.metrics import adjusted_rand_score
 
-from solv_jax import metrics
+from solv_jax import metrics, tracking
 
 METRICS = ("fg_ari", "fg_ari_matched", "video_fg_ari", "miou", "mbo")
 
@@ -318,7 +318,7 @@ def test_track_slots_recovers_known_permutations():
   slots = np.stack([objects[p] + 0.05 * rng.normal(size=(k, d)) for p in perms])
   valid = np.ones((t, k), bool)
   valid[-1, 1] = False  # a slot merged away in the last frame
-  ids = metrics.track_slots(slots, valid)
+  ids = tracking.track_slots(slots, valid)
   expected = np.stack([np.argsort(perms[0])[p] for p in perms])  # frame-0 slot of each object
   np.testing.assert_array_equal(ids[valid], expected[valid])
   assert ids[-1, 1] == -1
@@ -337,7 +337,7 @@ def test_track_slots_is_hungarian_not_greedy_and_extra_slots_copy_nearest():
   x, y, z = unit_with(0.7, 0.6), unit_with(0.65, 0.1), unit_with(0.2, 0.95)
   slots = np.stack([[a, b, zero], [x, y, zero], [z, x, y]]) * 3.0  # scale does not matter
   valid = np.array([[True, True, False], [True, True, False], [True, True, True]])
-  ids = metrics.track_slots(slots, valid)
+  ids = tracking.track_slots(slots, valid)
   np.testing.assert_array_equal(ids, [[0, 1, -1], [1, 0, -1], [1, 1, 0]])
 
 
@@ -348,7 +348,7 @@ def test_track_slots_matches_brute_force_reference(seed):
   slots = rng.normal(size=(t, k, 6))
   valid = rng.random((t, k)) < 0.7
   valid[:, 0] = True
-  ids = metrics.track_slots(slots, valid)
+  ids = tracking.track_slots(slots, valid)
   unit = slots / (np.linalg.norm(slots, axis=-1, keepdims=True) + 1e-8)
   ref = np.full((t, k), -1)
   ref[0, valid[0]] = np.arange(valid[0].sum())
@@ -367,7 +367,7 @@ def test_upsample_masks_matches_torch(in_hw, out_hw):
   x = np.random.default_rng(0).random((2, 3, *in_hw)).astype(np.float32)
   ref = torch.nn.functional.interpolate(torch.from_numpy(x), size=out_hw, mode="bilinear",
                                         align_corners=False).numpy()
-  out = metrics.upsample_masks(x, out_hw)
+  out = tracking.upsample_masks(x, out_hw)
   assert out.shape == (2, 3, *out_hw) and out.dtype == np.float32
   np.testing.assert_allclose(out, ref, atol=1e-6)
 
@@ -383,11 +383,11 @@ def test_masks_to_ids_matches_torch_argmax_over_valid_slots():
   up = torch.where(torch.from_numpy(track_ids >= 0)[:, :, None, None], up, -torch.inf)
   slot = up.argmax(dim=1).numpy()  # (T, H, W)
   expected = np.take_along_axis(track_ids[:, :, None, None], slot[:, None], axis=1)[:, 0]
-  out = metrics.masks_to_ids(masks, track_ids, out_hw=out_hw)
+  out = tracking.masks_to_ids(masks, track_ids, out_hw=out_hw)
   np.testing.assert_array_equal(out, expected)
   assert out.dtype == np.int32
   np.testing.assert_array_equal(
-      metrics.masks_to_ids(metrics.upsample_masks(masks, out_hw), track_ids), expected)
+      tracking.masks_to_ids(tracking.upsample_masks(masks, out_hw), track_ids), expected)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -688,3 +688,26 @@ def test_property_davis_bounds_and_renaming(video, pred_perm):
   assert renamed["jf_mean"] == pytest.approx(result["jf_mean"], abs=1e-12, nan_ok=True)
   assert result["frame_mbo"] == pytest.approx(_brute_force_frame_mbo(pred, gt), abs=1e-12,
                                               nan_ok=True)
+
+
+def test_a_new_metric_is_one_row_of_the_table(monkeypatch):
+  # A row added to metrics.METRICS reaches evaluate_video, aggregate, the one-line summary and
+  # the evaluation table with no other change.
+  from solv_jax import evaluate, evaluation
+  row = metrics.Metric("fg_pixels", "ground-truth foreground pixels", "nobody",
+                       video=lambda v: float(v.fg.sum()),
+                       pool=lambda results: sum(r["fg_pixels"] for r in results),
+                       show=frozenset({"summary"}))
+  monkeypatch.setattr(metrics, "METRICS", metrics.METRICS + (row,))
+  monkeypatch.setattr(metrics, "METRIC", {**metrics.METRIC, row.key: row})
+  rs = np.random.RandomState(0)
+  videos = [(rs.randint(0, 3, (2, 5, 6)), rs.randint(-1, 3, (2, 5, 6))) for _ in range(2)]
+  results = [metrics.evaluate_video(p, g, j_and_f=False) for p, g in videos]
+  assert [r["fg_pixels"] for r in results] == [float((g > 0).sum()) for _, g in videos]
+  total = metrics.aggregate(results)
+  assert total["fg_pixels"] == sum(float((g > 0).sum()) for _, g in videos)
+  assert "jf_mean" not in total and total["num_videos"] == 2  # no J&F asked for
+  assert f"fg_pixels={total['fg_pixels']:.4f}" in evaluation.summary(total)
+  table = evaluate.format_table(total)
+  assert any(line.split()[0] == "fg_pixels" and "ground-truth foreground pixels" in line
+             for line in table.splitlines())

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageSequence
 
-from solv_jax import (checkpoints, export, inference, metrics, outputs, segment, sharding,
+from solv_jax import (checkpoints, export, inference, outputs, segment, sharding, tracking,
                       train_step, video_io)
 from solv_jax.data import synthetic
 from solv_jax.data.frames import resize_frames
@@ -59,7 +59,7 @@ def clip():
 def _reference_ids(model, frames):
   _, _, reference, config = model
   out = reference(resize_frames(frames, tuple(config.data.resolution)))
-  return metrics.masks_to_ids(out["masks"], out["track_ids"], out_hw=frames.shape[1:3])
+  return tracking.masks_to_ids(out["masks"], out["track_ids"], out_hw=frames.shape[1:3])
 
 
 def _read_masks(out_dir):
@@ -325,10 +325,10 @@ def test_save_slots_writes_the_segmenters_outputs(model, clip, tmp_path):
   assert ((saved["track_ids"] >= 0) == saved["valid"]).all()
   # The PNGs are the saved masks upsampled and argmaxed over the saved track ids.
   np.testing.assert_array_equal(
-      ids, metrics.masks_to_ids(saved["masks"], saved["track_ids"], out_hw=(H, W)))
+      ids, tracking.masks_to_ids(saved["masks"], saved["track_ids"], out_hw=(H, W)))
   # The saved track ids are those of slots tracked frame to frame from the saved slots.
   np.testing.assert_array_equal(saved["track_ids"],
-                                metrics.track_slots(saved["slots"], saved["valid"]))
+                                tracking.track_slots(saved["slots"], saved["valid"]))
   # Rerun into it without --save_slots: the stale slots.npz goes with --overwrite.
   assert segment.main([f"--checkpoint={workdir}", f"--video={folder}", f"--out={out}",
                        "--overwrite"]) == 0

@@ -28,8 +28,10 @@ import subprocess
 import sys
 import time
 
+from solv_jax import metrics
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCORES = ("fg_ari", "video_fg_ari", "miou", "mbo")
+SCORES = metrics.keys("sweep")  # the metric table's columns for a sweep
 
 
 def _value(v) -> str:
