@@ -178,14 +178,14 @@ def evaluate_kmeans(config, *, max_videos: int | None = None, seed: int = 0,
   """The baseline over the evaluation split with config's (random or converted) encoder."""
   import jax
   from solv_jax.data import pipeline
-  from solv_jax.data.frames import normalize_frames, resize_frames
+  from solv_jax.data.frames import resize_frames
   from solv_jax.models import build
   from solv_jax.models.build import build_model
   from solv_jax.models.solv import SOLV
 
   model = build_model(config)
   params = {"encoder": build.encoder_params(config, model)}
-  encode = jax.jit(lambda p, f: model.apply({"params": p}, normalize_frames(f),
+  encode = jax.jit(lambda p, f: model.apply({"params": p}, model.normalize(f),
                                             method=SOLV.encode))
   acc = metrics.MetricAccumulator()
   for video in pipeline.eval_videos(config, max_videos=max_videos):

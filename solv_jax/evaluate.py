@@ -69,11 +69,12 @@ def eval_config(checkpoint_config, given=None, checkpoint: str = "the checkpoint
   have, want = checkpoint_config.data, given.data
   res, given_res = (tuple(int(r) for r in c.resolution) for c in (have, want))
   if given_res != res:
-    h, w = res
+    from solv_jax.models import build
+    (h, w), (gh, gw) = res, build.build_model(checkpoint_config).grid_hw
     raise EvalError(
         f"--config sets data.resolution={given_res}, but the model in {checkpoint!r} runs at "
         f"{h}x{w} only (its decoder position embedding and G_abs are learned per token of the "
-        f"{h // 14}x{w // 14} grid); add --config.data.resolution='({h}, {w})'.")
+        f"{gh}x{gw} grid); add --config.data.resolution='({h}, {w})'.")
   if int(want.num_context) != int(have.num_context):
     raise EvalError(
         f"--config sets data.num_context={want.num_context}, but the model in {checkpoint!r} "

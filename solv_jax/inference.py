@@ -26,7 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from solv_jax import tracking
-from solv_jax.data.frames import normalize_frames, resize_frame
+from solv_jax.data.frames import resize_frame
 from solv_jax.models import build
 from solv_jax.models.solv import SOLV
 
@@ -47,7 +47,7 @@ class VideoSegmenter:
     self.grid_hw = model.grid_hw
 
     def per_frame(params, frames):  # (C, H, W, 3) uint8 -> slots (C, K, Ds), attn (C, K, N)
-      feats = model.apply({"params": params}, normalize_frames(frames), method=SOLV.encode)
+      feats = model.apply({"params": params}, model.normalize(frames), method=SOLV.encode)
       return model.apply({"params": params}, feats, method=SOLV.bind_spatial)
 
     def per_window(params, slots, attn, frame_mask):
@@ -56,7 +56,7 @@ class VideoSegmenter:
       return {k: out[k] for k in ("masks", "valid", "slots")}
 
     def naive_window(params, frames, frame_mask):  # the authors' path: re-binds every frame
-      frames = normalize_frames(frames, frame_mask)  # padding frames are zeros, as in training
+      frames = model.normalize(frames, frame_mask)  # padding frames are zeros, as in training
       feats = model.apply({"params": params}, frames, method=SOLV.encode)  # (W, F, N, D)
       slots, attn = model.apply({"params": params}, feats, method=SOLV.bind_spatial)
       return per_window(params, slots, attn, frame_mask)

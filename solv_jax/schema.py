@@ -64,7 +64,7 @@ def get_config(arg=None, recipe=None):
       name="ytvis19",            # synthetic | movi_e | ytvis19 | davis17
       tfds_name="ytvis19",
       data_dir="",               # where the TFDS dataset lives (local path or gs://)
-      resolution=(336, 504),     # model input (H, W), multiples of 14
+      resolution=(336, 504),     # model input (H, W), multiples of the patch size (14)
       num_context=2,             # n: window t-n..t+n, F = 2n+1 frames
       train_split="train",
       eval_split="train",
@@ -77,9 +77,9 @@ def get_config(arg=None, recipe=None):
   # SOLV's fields (solv_jax/models/solv.py) under their own names, and encoder_weights
   # (read by solv_jax/models/build.py).
   config.model = ml_collections.ConfigDict(dict(
-      encoder_variant="vitb14",  # DINOv2 variant: vits14 | vitb14 | vitl14 | vitg14 (+ _reg)
+      encoder_variant="vitb14",  # models/encoders.py: vits14 | vitb14 | vitl14 | vitg14 (+ _reg)
       encoder_weights="",        # converted params file (tools/convert_dinov2.py); '' = random
-      encoder_dtype="float32",   # float32 | bfloat16 (DINOv2 forward only)
+      encoder_dtype="float32",   # float32 | bfloat16 (the encoder's forward only)
       compute_dtype="float32",   # float32 | bfloat16: trainable per-token layers (params f32)
       encoder_blocks=0,          # 0 = all blocks (paper); L = use block L's tokens
       num_slots=8,
@@ -219,7 +219,7 @@ def validate(config) -> None:
   before anything is built, so a typo costs seconds, not a compile."""
   import difflib
   import numpy as np
-  from solv_jax.models import dinov2
+  from solv_jax.models import encoders, token_drop
   from solv_jax.models.merging import BACKENDS
 
   problems = []
@@ -247,39 +247,45 @@ def validate(config) -> None:
       problems.append(f"config.{key} = {value!r}: {rule}")
 
   d, m, t = config.data, config.model, config.train
+  spec = encoders.ENCODERS.get(m.encoder_variant) if isinstance(m.encoder_variant, str) else None
+  check(spec is not None, "model.encoder_variant", m.encoder_variant,
+        f"not an encoder of models/encoders.py; choose one of {sorted(encoders.ENCODERS)}.")
+  patch = spec.patch_size if spec else None
   res = tuple(d.resolution)
-  res_ok = len(res) == 2 and all(
-      isinstance(r, (int, np.integer)) and r >= dinov2.PATCH_SIZE for r in res)
+  res_ok = len(res) == 2 and all(isinstance(r, (int, np.integer)) for r in res)
   if not res_ok:
-    check(False, "data.resolution", res, "must be (H, W), two ints >= 14.")
-  else:
-    fit = tuple(max(1, round(r / dinov2.PATCH_SIZE)) * dinov2.PATCH_SIZE for r in res)
-    res_ok = fit == res
-    check(res_ok, "data.resolution", res,
-          f"H and W must be multiples of the DINOv2 patch size {dinov2.PATCH_SIZE}; e.g. "
-          f"--config.data.resolution='{fit}'.")
+    check(False, "data.resolution", res, "must be (H, W), two ints.")
+  elif spec is not None:
+    try:
+      spec.grid(res)
+    except ValueError:
+      fit = tuple(max(1, round(r / patch)) * patch for r in res)
+      res_ok = False
+      check(False, "data.resolution", res,
+            f"H and W must be multiples of the {spec.family} patch size {patch}; e.g. "
+            f"--config.data.resolution='{fit}'.")
   check(d.num_context >= 0, "data.num_context", d.num_context,
         "the window t-n..t+n needs n >= 0 (2 in the paper).")
-  check(m.encoder_variant in dinov2.VARIANTS, "model.encoder_variant", m.encoder_variant,
-        f"not a DINOv2 variant; choose one of {sorted(dinov2.VARIANTS)}.")
   check(m.encoder_dtype in ("float32", "bfloat16"), "model.encoder_dtype", m.encoder_dtype,
         "must be 'float32' or 'bfloat16'.")
   check(m.compute_dtype in ("float32", "bfloat16"), "model.compute_dtype", m.compute_dtype,
         "must be 'float32' or 'bfloat16'.")
-  if m.encoder_variant in dinov2.VARIANTS:
-    depth = dinov2.VARIANTS[m.encoder_variant]["depth"]
+  if spec is not None:
     blocks = m.encoder_blocks
-    check(0 <= blocks <= depth, "model.encoder_blocks", blocks,
-          f"must be 0 (all blocks) or 1..{depth} for {m.encoder_variant}.")
+    check(0 <= blocks <= spec.depth, "model.encoder_blocks", blocks,
+          f"must be 0 (all blocks) or 1..{spec.depth} for {m.encoder_variant}.")
   check(m.num_slots >= 1, "model.num_slots", m.num_slots,
         "needs at least 1 slot (8 for YTVIS, 18 for MOVi-E in the paper).")
   check(m.slot_iters >= 1, "model.slot_iters", m.slot_iters, "needs >= 1 iteration (3).")
   check(0.0 <= m.token_drop < 1.0, "model.token_drop", m.token_drop,
         "the token drop ratio must be in [0, 1) (0.5 in the paper; 0 keeps every token).")
-  if 0.0 <= m.token_drop < 1.0 and res_ok:
-    tokens = (res[0] // dinov2.PATCH_SIZE) * (res[1] // dinov2.PATCH_SIZE)
+  if spec is not None and m.token_drop > 0:
+    check(spec.token_drop, "model.token_drop", m.token_drop,
+          f"the encoder {spec.name} ({spec.family}) cannot drop tokens; set it to 0.")
+  if 0.0 <= m.token_drop < 1.0 and res_ok and spec is not None:
+    tokens = (res[0] // patch) * (res[1] // patch)
     try:
-      dinov2.num_kept_tokens(tokens, m.token_drop)
+      token_drop.num_kept_tokens(tokens, m.token_drop)
     except ValueError:
       check(False, "model.token_drop", m.token_drop,
             f"keeps no token of the {tokens} at resolution {res}; lower it.")

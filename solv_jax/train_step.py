@@ -16,7 +16,6 @@ import numpy as np
 import optax
 
 from solv_jax import sharding
-from solv_jax.data.frames import normalize_frames
 from solv_jax.models.build import initial_params
 from solv_jax.models.solv import SOLV
 
@@ -106,7 +105,7 @@ def make_train_step(model: SOLV, tx, config):
     rng = jax.random.fold_in(rng, state.step)
     r_drop, r_dropout, r_merge = jax.random.split(rng, 3)
     merge_prob = merge_probability(state.step, num_steps, num_epochs) if merge_on else 0.0
-    video = normalize_frames(batch["video"], batch["frame_mask"])  # uint8 -> (B, F, H, W, 3)
+    video = model.normalize(batch["video"], batch["frame_mask"])  # uint8 -> (B, F, H, W, 3)
 
     def loss_fn(params):
       out = model.apply({"params": {**params, "encoder": frozen}}, video,

@@ -178,7 +178,7 @@ def test_bad_configs_fail_before_anything_is_built(tmp_path):
            ("model", "encoder_blocks", 13, r"encoder_blocks = 13: must be 0 \(all blocks\) "
             r"or 1..12 for vits14"),
            ("model", "encoder_variant", "vitx14",
-            r"encoder_variant = 'vitx14': not a DINOv2 variant"),
+            r"encoder_variant = 'vitx14': not an encoder of models/encoders.py"),
            ("model", "compute_dtype", "float16", r"compute_dtype = 'float16': must be "
             r"'float32' or 'bfloat16'"),
            ("model", "temporal_heads", 3, r"temporal_heads = 3: must divide "
@@ -402,7 +402,8 @@ def _poison_batch(monkeypatch, step):
   """The training iterator yields a NaN pixel in the batch of update `step` (1-based): that
   batch goes to the step as float frames, normalised on the host (the step takes those as
   they are), since uint8 frames cannot hold a NaN."""
-  from solv_jax.data import frames, pipeline
+  from solv_jax.data import pipeline
+  from solv_jax.models import encoders
   make = pipeline.make_train_iterator
 
   class Poisoned:
@@ -415,7 +416,7 @@ def _poison_batch(monkeypatch, step):
     def __next__(self):
       batch = next(self.it)
       if self.it.step == step:
-        video = np.array(frames.normalize_frames(batch["video"], batch["frame_mask"]))
+        video = np.array(encoders.get("vits14").normalize(batch["video"], batch["frame_mask"]))
         video[1, 2, 5, 7, 0] = np.nan  # one pixel of one target frame
         batch = dict(batch, video=video)
       return batch

@@ -7,8 +7,9 @@ rounded to uint8 as PIL returns it. Training, evaluation, segment and the baseli
 it, so every path sees the same values. Batches leave the host as uint8: a quarter of the
 bytes of float32 frames.
 
-Device: `normalize_frames` is the ImageNet normalisation DINOv2 expects (its mean and std are
-in models/dinov2.py), called inside the jitted train step and evaluation functions.
+Device: `normalize_frames` is the input normalisation of the model's encoder (its mean and std
+are in the encoder's entry, models/encoders.py: `Encoder.normalize`), called inside the jitted
+train step and evaluation functions.
 
 The resize is separable: the output is Wh @ X @ Ww^T per channel, with Wh (H, H0) and Ww
 (W, W0) the filter's weights. They are read off `tf.image.resize` itself (resizing an
@@ -23,8 +24,6 @@ import functools
 from collections.abc import Sequence
 
 import numpy as np
-
-from solv_jax.models.dinov2 import IMAGENET_MEAN, IMAGENET_STD
 
 
 @functools.lru_cache(maxsize=64)
@@ -73,8 +72,9 @@ def resize_frames(frames, resolution: Sequence[int]) -> np.ndarray:
   return out.reshape(*lead, h, w, 3)
 
 
-def normalize_frames(video, frame_mask=None):
-  """uint8 frames (..., H, W, 3) -> float32, ImageNet-normalised (jnp; jit it with the model).
+def normalize_frames(video, frame_mask=None, *, mean: Sequence[float], std: Sequence[float]):
+  """uint8 frames (..., H, W, 3) -> float32 (x / 255 - mean) / std per channel (jnp; jit it
+  with the model). The encoder's entry gives mean and std (`Encoder.normalize` calls this).
 
   frame_mask (...,) bool, optional: frames where it is False become zeros (the clip's
   padding beyond a video's ends, as the model expects). Floating-point frames are taken as
@@ -85,8 +85,8 @@ def normalize_frames(video, frame_mask=None):
     return video
   if video.dtype != jnp.uint8:
     raise TypeError(f"normalize_frames expects uint8 or float frames, got {video.dtype}.")
-  x = (video.astype(jnp.float32) / 255.0 - jnp.asarray(IMAGENET_MEAN, jnp.float32)) / (
-      jnp.asarray(IMAGENET_STD, jnp.float32))
+  x = (video.astype(jnp.float32) / 255.0 - jnp.asarray(mean, jnp.float32)) / (
+      jnp.asarray(std, jnp.float32))
   if frame_mask is not None:
     x = jnp.where(jnp.asarray(frame_mask)[..., None, None, None], x, 0.0)
   return x

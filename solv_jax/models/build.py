@@ -2,7 +2,7 @@
 
   model = build_model(config)                      # SOLV from config.model + config.data
   trainable = init_trainable(model, rng)           # everything but 'encoder'
-  encoder = encoder_params(config)                 # frozen DINOv2: converted or seeded random
+  encoder = encoder_params(config)                 # the frozen encoder: converted or random
   params = with_encoder(trainable, encoder)        # the full tree SOLV.apply takes
   loaded = load("workdir/demo")                    # or load("model.npz"): config, model, params
 
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from solv_jax.models import dinov2
+from solv_jax.models import encoders
 from solv_jax.models.solv import SOLV
 
 
@@ -31,15 +31,14 @@ def build_model(config) -> SOLV:
 
 
 def encoder_params(config, model: SOLV | None = None) -> dict:
-  """The frozen DINOv2 params: converted weights if configured, else a seeded random init
-  (seed config.seed + 1)."""
+  """The frozen encoder's params (its entry in models/encoders.py): converted weights if
+  configured, else a seeded random init (seed config.seed + 1)."""
+  variant = model.encoder_variant if model is not None else config.model.encoder_variant
+  spec = encoders.get(variant)
   path = config.model.encoder_weights
   if path:
-    _, params = dinov2.load_params(path, expected_variant=config.model.encoder_variant)
-    return jax.tree_util.tree_map(jnp.asarray, params)
-  variant = model.encoder_variant if model is not None else config.model.encoder_variant
-  return dinov2.init_params(variant, jax.random.key(config.seed + 1),
-                            image_hw=(dinov2.PATCH_SIZE, dinov2.PATCH_SIZE))
+    return jax.tree_util.tree_map(jnp.asarray, spec.load_params(path))
+  return spec.init_params(jax.random.key(config.seed + 1))
 
 
 def init_trainable(model: SOLV, rng) -> dict:

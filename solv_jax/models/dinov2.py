@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from solv_jax.models.token_drop import num_kept_tokens, sample_keep_idx  # noqa: F401
+
 PATCH_SIZE = 14
 PRETRAIN_GRID = 37  # the official checkpoints were trained at 518 px = 37 patches
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -119,27 +121,9 @@ def interpolate_pos_embed(pos_embed: jax.Array, grid_hw: tuple[int, int], *,
                           grid.reshape(1, h * w, -1)], axis=1).astype(pos_embed.dtype)
 
 
-def num_kept_tokens(num_tokens: int, drop_ratio: float) -> int:
-  """N' = int(N * (1 - r)): the patch tokens a frame keeps under token drop (docs/METHOD.md §1). The
-  one rule: a ratio that keeps none is an error here and in the config check alike."""
-  if not 0.0 <= drop_ratio < 1.0:
-    raise ValueError(f"token drop ratio must be in [0, 1), got {drop_ratio}.")
-  kept = int(num_tokens * (1.0 - drop_ratio))
-  if kept < 1:
-    raise ValueError(f"token drop ratio {drop_ratio} keeps no token of the {num_tokens}.")
-  return kept
-
-
 def ffn_hidden(embed_dim: int, ffn: str) -> int:
   """Hidden width of a block's feed-forward: 4D (MLP), round_up(int(4D * 2/3), 8) (SwiGLU)."""
   return 4 * embed_dim if ffn == "mlp" else (int(4 * embed_dim * 2 / 3) + 7) // 8 * 8
-
-
-def sample_keep_idx(rng: jax.Array, batch: int, num_tokens: int, drop_ratio: float) -> jax.Array:
-  """Token drop: for each of `batch` images, int(N * (1 - r)) distinct patch indices, sorted."""
-  num_keep = num_kept_tokens(num_tokens, drop_ratio)
-  order = jnp.argsort(jax.random.uniform(rng, (batch, num_tokens)), axis=-1)
-  return jnp.sort(order[:, :num_keep], axis=-1).astype(jnp.int32)  # (B, N')
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
   m_t = Phi_vis-dec o Phi_st-bind o Phi_vis-enc (V_t)
 
-  Phi_vis-enc  frozen DINOv2 with token drop (eqs. 2-3)            -> `encoder`
+  Phi_vis-enc  frozen encoder (DINOv2) with token drop (eqs. 2-3)  -> `encoder` (encoders.py)
   Phi_st-bind  spatial binding per frame, then temporal binding (eq. 4) -> `spatial_binding`,
                                                                          `temporal_binding`
   Phi_vis-dec  slot merging, then the broadcast decoder (eqs. 8-11)   -> `merge_slots`, `decoder`
@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from solv_jax.models.decoder import Decoder
-from solv_jax.models.dinov2 import PATCH_SIZE, DINOv2, variant_config
+from solv_jax.models import encoders
 from solv_jax.models.merging import BACKENDS, merge_slots, sample_merge_mask
 from solv_jax.models.spatial_binding import build_spatial_binding
 from solv_jax.models.temporal_binding import TemporalBinding
@@ -36,13 +36,13 @@ CONFIG_ONLY = ("encoder_weights",)
 class SOLV(nn.Module):
   """video (B, F, H, W, 3), frame_mask (B, F) -> dict (see __call__).
 
-  Params: 'encoder' (frozen DINOv2), 'spatial_binding', 'temporal_binding' (if used),
-  'decoder'. RNG streams: 'token_drop' and 'dropout' in training, 'merge' when
+  Params: 'encoder' (the frozen encoder of encoder_variant's entry), 'spatial_binding',
+  'temporal_binding' (if used), 'decoder'. RNG streams: 'token_drop' and 'dropout' in training, 'merge' when
   0 < merge_prob < 1 (or traced).
   """
-  resolution: tuple[int, int]  # (H, W) input size, multiples of 14
+  resolution: tuple[int, int]  # (H, W) input size, multiples of the encoder's patch size
   num_frames: int = 5  # F = 2n + 1
-  encoder_variant: Any = "vitb14"  # DINOv2 variant name (or a sizes dict, for tests)
+  encoder_variant: Any = "vitb14"  # an encoders.ENCODERS name (or DINOv2 sizes, for tests)
   encoder_dtype: Any = "float32"
   compute_dtype: Any = "float32"  # float32 | bfloat16: the trainable per-token layers
   encoder_blocks: int = 0  # 0 = all DINOv2 blocks; L > 0 = features of block L
@@ -84,13 +84,19 @@ class SOLV(nn.Module):
                **{**values, **overrides})
 
   @property
+  def encoder_spec(self) -> encoders.Encoder:
+    """The encoder's entry in the table: patch size, width, normalisation, params."""
+    return encoders.get(self.encoder_variant)
+
+  @property
   def grid_hw(self) -> tuple[int, int]:
-    h, w = self.resolution
-    if h % PATCH_SIZE or w % PATCH_SIZE:
-      fit = (h // PATCH_SIZE * PATCH_SIZE, w // PATCH_SIZE * PATCH_SIZE)
-      raise ValueError(f"config.data.resolution {self.resolution} must be multiples of "
-                       f"{PATCH_SIZE}, e.g. {fit}.")
-    return h // PATCH_SIZE, w // PATCH_SIZE
+    """(h, w) patch tokens of a frame at `resolution`."""
+    return self.encoder_spec.grid(self.resolution)
+
+  def normalize(self, video, frame_mask=None):
+    """uint8 frames (..., H, W, 3) -> the encoder's input (float frames pass as they are);
+    frames where frame_mask is False become zeros. Needs no params: call it on the model."""
+    return self.encoder_spec.normalize(video, frame_mask)
 
   def setup(self):
     if self.num_frames % 2 != 1:
@@ -102,8 +108,12 @@ class SOLV(nn.Module):
       raise ValueError(f"config.model.decoder_layers counts all Dense layers of the decoder "
                        f"(5 in the paper) and must be >= 2, got {self.decoder_layers}.")
     gh, gw = self.grid_hw
-    self.encoder = DINOv2(self.encoder_variant, dtype=jnp.dtype(self.encoder_dtype),
-                          num_blocks=self.encoder_blocks)
+    spec = self.encoder_spec
+    if self.token_drop > 0 and not spec.token_drop:
+      raise ValueError(f"The encoder {spec.name} cannot drop tokens; set "
+                       "config.model.token_drop=0.")
+    self.encoder = spec.module(dtype=jnp.dtype(self.encoder_dtype),
+                               num_blocks=self.encoder_blocks)
     self.spatial_binding = build_spatial_binding(
         self.spatial_binding_type, num_slots=self.num_slots, grid_hw=(gh, gw),
         slot_dim=self.slot_dim, iters=self.slot_iters, delta=self.delta,
@@ -117,14 +127,15 @@ class SOLV(nn.Module):
                            num_layers=self.decoder_layers, delta=self.delta,
                            clamp_scales=self.clamp_scales,
                            relative_grid=self.spatial_binding_type == "invariant",
-                           feature_dim=variant_config(self.encoder_variant)["embed_dim"],
+                           feature_dim=spec.width,
                            dtype=jnp.dtype(self.compute_dtype), param_init=self.param_init)
 
   # --------------------------------------------------------------------------------------------
   # Phi_vis-enc
   # --------------------------------------------------------------------------------------------
   def encode(self, frames):
-    """frames (..., H, W, 3) -> full-token DINOv2 features (..., N, D), no gradient."""
+    """frames (..., H, W, 3) normalised -> full-token encoder features (..., N, D), no
+    gradient."""
     lead = frames.shape[:-3]
     feats, _ = self.encoder(frames.reshape(-1, *frames.shape[-3:]))  # (B', N, D)
     return jax.lax.stop_gradient(feats).reshape(*lead, *feats.shape[1:])
@@ -192,7 +203,7 @@ class SOLV(nn.Module):
   # Training forward, eq. (1) and the loss, eq. (12)
   # --------------------------------------------------------------------------------------------
   def __call__(self, video, frame_mask, *, train: bool, merge_prob=1.0):
-    """video (B, F, H, W, 3) ImageNet-normalised, frame_mask (B, F) bool.
+    """video (B, F, H, W, 3) normalised (`normalize`), frame_mask (B, F) bool.
 
     Token drop (config token_drop, per frame, 'token_drop' RNG) applies when train=True.
     Returns dict: 'loss' scalar MSE over B x N x D, 'recon' (B, N, D), 'target' (B, N, D),

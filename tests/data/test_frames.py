@@ -8,9 +8,11 @@ import torch
 from PIL import Image
 
 from solv_jax.data import frames as frames_lib
+from solv_jax.models import encoders
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
+IMAGENET_ENCODER = encoders.get("vitb14")  # DINOv2 takes ImageNet-normalised frames
 
 
 @pytest.mark.parametrize("size", [(21, 30), (70, 96), (45, 61)])  # shrink, enlarge, same
@@ -61,14 +63,14 @@ def test_normalize_is_imagenet_on_the_device_with_masked_frames_zero():
   rng = np.random.default_rng(2)
   video = rng.integers(0, 256, (2, 3, 5, 7, 3), dtype=np.uint8)
   mask = np.array([[True, True, False], [False, True, True]])
-  out = np.asarray(jax.jit(frames_lib.normalize_frames)(video, mask))
+  out = np.asarray(jax.jit(IMAGENET_ENCODER.normalize)(video, mask))
   expected = (video.astype(np.float64) / 255 - MEAN) / STD
   expected[~mask] = 0
   assert out.dtype == np.float32
   np.testing.assert_allclose(out, expected, atol=1e-6)
-  np.testing.assert_allclose(np.asarray(frames_lib.normalize_frames(video[0])),
+  np.testing.assert_allclose(np.asarray(IMAGENET_ENCODER.normalize(video[0])),
                              (video[0] / 255 - MEAN) / STD, atol=1e-6)
   as_float = np.asarray(out)  # frames normalised already pass through
-  np.testing.assert_array_equal(np.asarray(frames_lib.normalize_frames(as_float)), as_float)
+  np.testing.assert_array_equal(np.asarray(IMAGENET_ENCODER.normalize(as_float)), as_float)
   with pytest.raises(TypeError, match="uint8 or float"):
-    frames_lib.normalize_frames(video.astype(np.int32))
+    IMAGENET_ENCODER.normalize(video.astype(np.int32))

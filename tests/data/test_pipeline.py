@@ -13,6 +13,7 @@ from solv_jax.data import frames as frames_lib
 from solv_jax.data import pipeline
 from solv_jax.data import sources
 from solv_jax.data import synthetic
+from solv_jax.models import encoders
 from tests.data.conftest import TINY_SYNTHETIC
 from tests.data.raw_fixtures import make_ytvis, save_palette_png
 
@@ -74,7 +75,7 @@ def test_train_batches_content_hosts_and_resume(synthetic_dir, data_config, tmp_
   it = pipeline.make_train_iterator(cfg, 4, 0, 1, seed=7)
   assert it.order.clips_per_epoch == 6 * 6
   batches = [next(it) for _ in range(12)]  # > 1 epoch (9 steps)
-  normalize = jax.jit(frames_lib.normalize_frames)
+  normalize = jax.jit(encoders.get("vits14").normalize)
   for step in (0, 5, 10):
     video, uint8, mask = _expected_batch(scfg, it, step, 4)
     assert batches[step]["video"].shape == (4, 5, 28, 42, 3)
