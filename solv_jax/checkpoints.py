@@ -171,6 +171,28 @@ class Checkpoints:
     return jax.tree_util.tree_map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=target), meta)
 
+  def _metadata_reads(self, step: int) -> bool:
+    try:
+      return self.manager.item_metadata(step)["state"] is not None
+    except Exception:  # noqa: BLE001 - orbax raises many types for unreadable metadata
+      return False
+
+  def check_params_fit(self, params_shapes) -> None:
+    """Raises ShapeMismatchError if the newest checkpoint whose metadata reads holds params of
+    other shapes than `params_shapes` (ShapeDtypeStructs of the trainable params). No
+    checkpoint, or only damaged ones, pass: `restore` verifies those and moves them aside."""
+    for step in reversed(self.all_steps()):
+      if self._metadata_reads(step):
+        break
+    else:
+      return
+    try:
+      self._check_shapes(step, {"params": params_shapes})
+    except ShapeMismatchError:
+      raise
+    except Exception:  # noqa: BLE001 - unreadable array metadata: a damaged step
+      return
+
   def _check_shapes(self, step: int, abstract_state) -> None:
     meta = self.manager.item_metadata(step)["state"]
     saved = dict(_flat_shapes(meta))
@@ -197,10 +219,7 @@ class Checkpoints:
                             f"{self.all_steps() or 'none'}).")
     rejected = []
     for s in steps:
-      try:
-        meta_ok = self.manager.item_metadata(s)["state"] is not None
-      except Exception:  # noqa: BLE001 - orbax raises many types for unreadable metadata
-        meta_ok = False
+      meta_ok = self._metadata_reads(s)
       if meta_ok and abstract_state is not None:
         try:
           self._check_shapes(s, abstract_state)

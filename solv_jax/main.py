@@ -58,21 +58,9 @@ def check_workdir(config, model, workdir: str) -> None:
     return
   ckpt = checkpoints.Checkpoints(workdir, async_save=False, reader=True)
   try:
-    # The newest step whose metadata reads: a damaged one is not a shape change (restore
-    # verifies it and moves it aside).
-    for step in reversed(ckpt.all_steps()):
-      try:
-        if ckpt.manager.item_metadata(step)["state"] is not None:
-          break
-      except Exception:  # noqa: BLE001 - orbax raises many types for unreadable metadata
-        pass
-    else:
-      return
     try:
-      ckpt._check_shapes(step, {"params": build.trainable_shapes(model)})
-    except Exception as e:  # noqa: BLE001 - orbax raises many types for unreadable files
-      if not isinstance(e, checkpoints.ShapeMismatchError):
-        return  # unreadable, not a shape change: Checkpoints.restore sets it aside
+      ckpt.check_params_fit(build.trainable_shapes(model))
+    except checkpoints.ShapeMismatchError as e:
       try:
         old = export.load_config(workdir)
         # Both as JSON, so that a tuple and the list it was stored as are the same value.
@@ -97,7 +85,7 @@ def run(config, workdir: str, mode: str) -> dict | None:
   """Config -> trains and/or evaluates in WORKDIR; returns the evaluation results.
 
   First, in seconds and before anything is built or written: the config against the schema
-  (configs/schema.validate), the dataset (pipeline.check_data), then the workdir's checkpoints
+  (schema.validate), the dataset (pipeline.check_data), then the workdir's checkpoints
   against the config's model (check_workdir)."""
   import jax
   from solv_jax import schema

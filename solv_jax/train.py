@@ -134,8 +134,7 @@ def train(config, workdir: str, stop_at: int | None = None, *, model: SOLV | Non
   writer = metric_writers.create_default_writer(
       os.path.join(workdir, "tensorboard"), just_logging=jax.process_index() > 0)
   total = config.train.num_steps
-  schedule = train_step.learning_rate_schedule(config.train.learning_rate, total,
-                                    config.train.warmup_frac)
+  schedule = train_step.schedule_of(config.train)
   step = start = int(state.step)
   preempted = _Preempted()
   console = _Console(total, step)

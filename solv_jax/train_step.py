@@ -47,11 +47,17 @@ def learning_rate_schedule(peak: float, num_steps: int, warmup_frac: float = 0.0
   return schedule
 
 
+def schedule_of(train_config):
+  """The run's learning-rate schedule, from config.train: what the optimizer follows and the
+  trainer logs."""
+  return learning_rate_schedule(train_config.learning_rate, train_config.num_steps,
+                                train_config.warmup_frac)
+
+
 def make_optimizer(train_config) -> optax.GradientTransformation:
-  """Adam (no weight decay) on `learning_rate_schedule`, after the gradient-norm clip as
+  """Adam (no weight decay) on `schedule_of(train_config)`, after the gradient-norm clip as
   torch's nn.utils.clip_grad_norm_ computes it: g * min(1, max_norm / (||g|| + 1e-6))."""
-  schedule = learning_rate_schedule(train_config.learning_rate, train_config.num_steps,
-                                    train_config.warmup_frac)
+  schedule = schedule_of(train_config)
   max_norm = train_config.grad_clip
 
   def clip(updates, params=None):

@@ -283,19 +283,14 @@ def bench_parts(config, repeats: int) -> list[dict]:
   target = jax.jit(lambda p, v: model.apply({"params": {"encoder": p}}, v[:, f // 2],
                                             method=SOLV.encode))
   dropped = jax.jit(lambda p, v: model.apply(
-      {"params": {"encoder": p}}, v.reshape(b * f, h, w, 3),
-      method=lambda m, x: m.encoder(x, drop_ratio=drop), rngs={"token_drop": key}))
+      {"params": {"encoder": p}}, v, drop, method=SOLV.encode_dropped,
+      rngs={"token_drop": key}))
 
-  def loss(params, feats, keep_idx, tgt):
-    def body(m, feats, keep_idx, tgt):
-      n = feats.shape[1]
-      slots, attn = m.bind_spatial(feats.reshape(b, f, n, -1), keep_idx.reshape(b, f, n),
-                                   train=True)
-      out = m.decode_window(slots, attn, frame_mask, keep_idx.reshape(b, f, n), train=True,
-                            merge_prob=merge_prob)
-      return jnp.mean(jnp.square(out["recon"] - tgt))
-    return model.apply({"params": build.with_encoder(params, frozen)}, feats, keep_idx, tgt,
-                       method=body, rngs={"dropout": key, "merge": key})
+  def loss(params, feats, keep_idx, tgt):  # the model's own loss on the encoder's outputs
+    out = model.apply({"params": build.with_encoder(params, frozen)}, feats, keep_idx, tgt,
+                      frame_mask, train=True, merge_prob=merge_prob,
+                      method=SOLV.loss_from_features, rngs={"dropout": key, "merge": key})
+    return out["loss"]
 
   def update(params, opt_state, feats, keep_idx, tgt):
     value, grads = jax.value_and_grad(loss)(params, feats, keep_idx, tgt)

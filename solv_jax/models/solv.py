@@ -213,17 +213,29 @@ class SOLV(nn.Module):
     if f != self.num_frames:
       raise ValueError(f"SOLV was built for windows of {self.num_frames} frames, "
                        f"got video of shape {video.shape}.")
-    frames = video.reshape(b * f, *video.shape[2:])  # (B*F, H, W, 3)
-    drop = self.token_drop if train else 0.0
-    feats, keep_idx = self.encoder(frames, drop_ratio=drop)  # (B*F, N', D), (B*F, N')
-    feats = jax.lax.stop_gradient(feats)
-    n_kept = feats.shape[1]
+    feats, keep_idx = self.encode_dropped(video, self.token_drop if train else 0.0)
     target = self.encode(video[:, f // 2])  # full tokens of the middle frame: (B, N, D)
+    return self.loss_from_features(feats, keep_idx, target, frame_mask, train=train,
+                                   merge_prob=merge_prob)
 
-    slots, attn = self.bind_spatial(feats.reshape(b, f, n_kept, -1),
-                                    keep_idx.reshape(b, f, n_kept), train=train)
-    out = self.decode_window(slots, attn, frame_mask, keep_idx.reshape(b, f, n_kept),
-                             train=train, merge_prob=merge_prob)
+  def encode_dropped(self, frames, drop_ratio: float):
+    """frames (..., H, W, 3) -> (features (..., N', D), keep_idx (..., N')) with token drop at
+    drop_ratio ('token_drop' RNG), no gradient."""
+    lead = frames.shape[:-3]
+    feats, keep_idx = self.encoder(frames.reshape(-1, *frames.shape[-3:]),
+                                   drop_ratio=drop_ratio)  # (B', N', D), (B', N')
+    feats = jax.lax.stop_gradient(feats)
+    return (feats.reshape(*lead, *feats.shape[1:]),
+            keep_idx.reshape(*lead, keep_idx.shape[-1]))
+
+  def loss_from_features(self, feats, keep_idx, target, frame_mask, *, train: bool,
+                         merge_prob=1.0):
+    """The trainable part of eq. (1) and the loss, eq. (12), on the encoder's outputs:
+    feats (B, F, N', D), keep_idx (B, F, N'), target (B, N, D) the middle frame's full-token
+    features, frame_mask (B, F). Returns what __call__ returns."""
+    slots, attn = self.bind_spatial(feats, keep_idx, train=train)
+    out = self.decode_window(slots, attn, frame_mask, keep_idx, train=train,
+                             merge_prob=merge_prob)
     out["target"] = target
     out["loss"] = jnp.mean(jnp.square(out["recon"] - target))
     return out
