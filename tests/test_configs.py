@@ -154,7 +154,7 @@ def test_old_model_key_names_are_errors_that_name_the_new_ones():
 def test_recipes_set_their_datasets():
   """Each recipe sets its config.data (the data code fills in nothing): MOVi-E reads Kubric's
   bucket by default, the others a local data_dir (default $TFDS_DATA_DIR)."""
-  from solv_jax.data import movi, sources
+  from solv_jax.data import datasets, movi
   from tests import tiny
   expected = {"movi_e": ("movi_e", "movi_e/256x256", movi.KUBRIC_DATA_DIR, "train", "validation"),
               "ytvis19": ("ytvis19", "ytvis19", "", "train+valid+test", "train"),
@@ -165,10 +165,10 @@ def test_recipes_set_their_datasets():
   configs["tiny"] = tiny.get_config()
   for name, config in configs.items():
     d = config.data
-    assert d.name in sources.NAMES and d.tfds_name and d.train_split and d.eval_split, name
+    assert d.name in datasets.names() and d.tfds_name and d.train_split and d.eval_split, name
     if name in expected:
       assert (d.name, d.tfds_name, d.data_dir, d.train_split, d.eval_split) == expected[name]
-  assert sources.locate(configs["movi_e"].data)[1:] == (
+  assert datasets.locate(configs["movi_e"].data)[1:] == (
       "gs://kubric-public/tfds", "gs://kubric-public/tfds/movi_e/256x256/1.0.0")
 
 

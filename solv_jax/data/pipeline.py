@@ -62,9 +62,8 @@ import numpy as np
 
 from solv_jax.data import frames as frames_lib
 from solv_jax.data import sources
-from solv_jax.data import synthetic
+from solv_jax.data import datasets
 
-YTVIS_EVAL_RANGE = (600, 900)  # videos of train.json used by the authors
 
 
 # ----------------------------------------------------------------------------
@@ -142,14 +141,6 @@ class ClipOrder:
 
 def _split_list(spec: str) -> list[str]:
   return [s for s in str(spec).split("+") if s]
-
-
-def _excluded_videos(data_config, source, split) -> set[int]:
-  """Training videos held out so that evaluation is disjoint from training."""
-  if source.name == "ytvis19" and split == "train" and data_config.ytvis_eval_subset == "disjoint":
-    lo, hi = _ytvis_eval_range(source.num_videos("train"))
-    return set(range(lo, hi))
-  return set()
 
 
 _LIVE_ITERATORS = weakref.WeakSet()
@@ -522,11 +513,12 @@ def make_train_iterator(config, local_batch_size: int,
   data_config = data_config_of(config)
   if seed is None:
     seed = config.get("seed", 0) if data_config is not config else 0
-  source = sources.open_source(data_config)
+  source = datasets.open_source(data_config)
   splits = _split_list(data_config.train_split)
   for split in splits:
     source.check_split(split)
-  exclude = {s: _excluded_videos(data_config, source, s) for s in splits}
+  dataset = datasets.get(source.name)
+  exclude = {s: dataset.excluded_videos(data_config, source, s) for s in splits}
   return TrainIterator(
       source, splits=splits,
       resolution=data_config.resolution,
@@ -541,28 +533,12 @@ def make_train_iterator(config, local_batch_size: int,
 # Evaluation videos
 
 
-def _ytvis_eval_range(num_videos: int) -> tuple[int, int]:
-  lo, hi = YTVIS_EVAL_RANGE
-  if num_videos <= lo:
-    raise ValueError(
-        f"The YTVIS19 evaluation subset is videos [{lo}:{hi}] of train.json, but "
-        f"the converted train split has only {num_videos} videos.")
-  return lo, min(hi, num_videos)
-
-
 def eval_split_spec(data_config, source: sources.VideoSource,
                     split: str | None = None) -> str:
   """TFDS split string of the evaluation videos, e.g. 'train[600:900]'."""
   split = split or data_config.eval_split
   source.check_split(split)
-  subset = data_config.ytvis_eval_subset
-  if source.name == "ytvis19" and split == "train":
-    if subset not in ("authors", "disjoint"):
-      raise ValueError(f"ytvis_eval_subset must be 'authors' or 'disjoint', "
-                       f"got {subset!r}.")
-    lo, hi = _ytvis_eval_range(source.num_videos("train"))
-    return f"train[{lo}:{hi}]"
-  return split
+  return datasets.get(source.name).eval_split_spec(data_config, source, split)
 
 
 def ground_truth(segmentations: np.ndarray, first_frame_objects: bool) -> np.ndarray:
@@ -589,7 +565,7 @@ def eval_videos(config, *, split: str | None = None,
   max_videos to eval_max_videos (0 = all).
   """
   data_config = data_config_of(config)
-  source = sources.open_source(data_config)
+  source = datasets.open_source(data_config)
   spec = eval_split_spec(data_config, source, split)
   if max_videos is None:
     max_videos = data_config.eval_max_videos
@@ -637,7 +613,7 @@ def _spec_start(spec: str) -> tuple[str, int]:
 def num_eval_videos(config, *, split: str | None = None) -> int:
   """How many videos eval_videos yields (before eval_max_videos)."""
   data_config = data_config_of(config)
-  source = sources.open_source(data_config)
+  source = datasets.open_source(data_config)
   return _num_videos(source, eval_split_spec(data_config, source, split))
 
 
@@ -669,19 +645,14 @@ def check_data(config, mode: str = "train_and_eval") -> str:
   if mode not in ("train", "eval", "train_and_eval"):
     raise ValueError(f"mode must be 'train', 'eval' or 'train_and_eval', got {mode!r}.")
   data_config = data_config_of(config)
-  name, data_dir, path = sources.locate(data_config)
+  name, data_dir, path = datasets.locate(data_config)
   train_splits = _split_list(data_config.train_split)
   eval_split = data_config.eval_split
-  if name == "synthetic" and not synthetic.is_built(
-      synthetic.config_from(data_config.synthetic), data_dir):
-    wanted = (train_splits if mode != "eval" else []) + (
-        [eval_split] if mode != "train" else [])
-    unknown = [s for s in wanted if s not in synthetic.SPLITS]
-    if unknown:
-      raise ValueError(f"The synthetic dataset has no split {unknown[0]!r}; splits: "
-                       f"{list(synthetic.SPLITS)}.")
-    return f"synthetic data not built yet: it is built at {path} on first use."
-  source = sources.open_source(data_config)  # built or converted: opens metadata only
+  wanted = (train_splits if mode != "eval" else []) + ([eval_split] if mode != "train" else [])
+  not_built = datasets.get(name).not_built(data_config, data_dir, path, wanted)
+  if not_built is not None:  # built on first use (the synthetic videos)
+    return not_built
+  source = datasets.open_source(data_config)  # built or converted: opens metadata only
   parts = []
   if mode != "eval":
     for split in train_splits:

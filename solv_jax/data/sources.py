@@ -1,13 +1,8 @@
-"""Opening a dataset named by `config.data` as a TFDS builder plus its video index.
+"""An opened dataset: a TFDS builder plus its video index (`VideoSource`), which
+`datasets.open_source` gives for config.data.
 
-One reading path serves all four datasets: `builder.as_dataset` on TFRecord
-shards with `tfds.decode.PartialDecoding`, so only the features a consumer uses
-are parsed and decoded.
-
-  synthetic   built on first use under data_dir/synthetic/<tag>/1.0.0
-  movi_e      Kubric's release (gs://kubric-public/tfds or a local mirror)
-  ytvis19     data_dir/ytvis19/1.0.0, written by tools/convert_ytvis.py
-  davis17     data_dir/davis17/1.0.0, written by tools/convert_davis.py
+One reading path serves every dataset: `builder.as_dataset` on TFRecord shards with
+`tfds.decode.PartialDecoding`, so only the features a consumer uses are parsed and decoded.
 """
 
 from __future__ import annotations
@@ -20,18 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from solv_jax.data import movi
 from solv_jax.data import records
-from solv_jax.data import synthetic
-
-NAMES = ("synthetic", "movi_e", "ytvis19", "davis17")
-
-_CONVERTER = {"ytvis19": "tools/convert_ytvis.py", "davis17": "tools/convert_davis.py"}
-
-
-def default_data_dir() -> str:
-  return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser(
-      "~/tensorflow_datasets")
 
 
 @dataclasses.dataclass
@@ -187,64 +171,3 @@ def tf_message(error) -> str:
 def is_decode_error(error) -> bool:
   """Whether a tf InvalidArgumentError comes from decoding an image."""
   return bool(re.search(r"(?i)jpeg|png|gif|bmp|image", tf_message(error)))
-
-
-def _check_records(source: VideoSource, fix: str) -> VideoSource:
-  """Fails early, naming the file, when a local dataset has a missing or cut shard."""
-  source.fix = fix
-  if "://" in source.path:  # remote (Kubric's bucket): not stat-ed shard by shard
-    return source
-  for split in source.splits:
-    try:
-      records.check_split_files(source.builder.info.splits[split])
-    except OSError as e:
-      raise OSError(f"The {source.name} dataset at {source.path} is damaged (an interrupted "
-                    f"copy or write?): {e} {fix}") from None
-  return source
-
-
-def locate(data_config) -> tuple[str, str, str]:
-  """(name, data_dir, dataset directory) of config.data; reads and builds nothing.
-
-  config.data comes from a recipe (configs/*.py), which sets every field of its dataset;
-  an empty data_dir is $TFDS_DATA_DIR or ~/tensorflow_datasets."""
-  name = data_config.name
-  if name not in NAMES:
-    raise ValueError(f"config.data.name must be one of {NAMES}, got {name!r}.")
-  data_dir = data_config.data_dir or default_data_dir()
-  data_dir = os.path.expanduser(data_dir) if "://" not in data_dir else data_dir
-  if name == "movi_e":
-    return name, data_dir, movi.builder_dir(data_config.tfds_name, data_dir)
-  if name == "synthetic":
-    cfg = synthetic.config_from(data_config.synthetic)
-    return name, data_dir, synthetic.dataset_path(cfg, data_dir)
-  return name, data_dir, records.dataset_dir(data_dir, name, "1.0.0")
-
-
-def open_source(data_config) -> VideoSource:
-  """Opens (and for 'synthetic', builds on first use) the dataset of config.data."""
-  name, data_dir, path = locate(data_config)
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
-  if name == "movi_e":
-    builder = movi.open_builder(data_config.tfds_name, data_dir)
-    return _check_records(VideoSource(name, builder, path),
-                          f"Copy it again from {movi.KUBRIC_DATA_DIR}.")
-
-  if name == "synthetic":
-    cfg = synthetic.config_from(data_config.synthetic)
-    path = synthetic.build(cfg, data_dir)
-    return _check_records(VideoSource(name, tfds.builder_from_directory(path), path),
-                          f"Delete {path}; it is rebuilt on the next run.")
-
-  if records.read_index(path) is None:
-    state = ("is incomplete (interrupted conversion?)" if os.path.exists(path)
-             else "does not exist")
-    raise FileNotFoundError(
-        f"{name} records not found: {path} {state}. Create them with `python "
-        f"{_CONVERTER[name]} --root /path/to/raw/{name} --out {data_dir}`, or point "
-        "config.data.data_dir at the directory given to --out.")
-  return _check_records(
-      VideoSource(name, tfds.builder_from_directory(path), path, first_frame_objects=True),
-      f"Convert it again: python {_CONVERTER[name]} --root /path/to/raw/{name} --out "
-      f"{data_dir} --overwrite")

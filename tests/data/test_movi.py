@@ -14,7 +14,7 @@ from tensorflow_datasets.core import utils as tfds_utils
 
 from solv_jax.data import movi
 from solv_jax.data import pipeline
-from solv_jax.data import sources
+from solv_jax.data import datasets
 
 S, H, W = 24, 128, 128
 CATEGORIES = ["Action Figures", "Bag", "Board Games", "Bottles and Cans and Cups",
@@ -195,7 +195,7 @@ def test_eval_and_train_read_only_what_they_use(kubric_dir, data_config, monkeyp
 
   cfg = data_config(name="movi_e", tfds_name="movi_e/128x128", data_dir=data_dir,
                     resolution=(28, 28))
-  source = sources.open_source(cfg)
+  source = datasets.open_source(cfg)
   spec = source.read_eval_videos("validation").element_spec
   assert set(spec) == {"video", "segmentations", "metadata"}
   assert set(spec["metadata"]) == {"video_name", "num_instances"}
@@ -232,4 +232,4 @@ def test_eval_and_train_read_only_what_they_use(kubric_dir, data_config, monkeyp
 def test_missing_movi_dir_error(tmp_path, data_config):
   cfg = data_config(name="movi_e", tfds_name="movi_e/256x256", data_dir=str(tmp_path))
   with pytest.raises(FileNotFoundError, match=r"movi_e/256x256/1.0.0.*gsutil"):
-    sources.open_source(cfg)
+    datasets.open_source(cfg)

@@ -11,7 +11,8 @@ import tensorflow as tf
 from solv_jax.data import convert
 from solv_jax.data import frames as frames_lib
 from solv_jax.data import pipeline
-from solv_jax.data import sources
+from solv_jax.data import datasets
+from solv_jax.data.datasets import ytvis19
 from solv_jax.data import synthetic
 from solv_jax.models import encoders
 from tests.data.conftest import TINY_SYNTHETIC
@@ -173,7 +174,7 @@ def test_ytvis_eval_subsets(tmp_path, data_config, monkeypatch):
   frame0[frame0 == 2] = 0
   save_palette_png(os.path.join(raw, "train", "Annotations", "v2", "00000.png"), frame0)
   convert.convert_ytvis(raw, out, workers=1)
-  monkeypatch.setattr(pipeline, "YTVIS_EVAL_RANGE", (1, 3))
+  monkeypatch.setattr(ytvis19, "EVAL_RANGE", (1, 3))
 
   cfg = data_config(name="ytvis19", data_dir=out, train_split="train+valid+test",
                     eval_split="train", num_context=1)
@@ -203,7 +204,7 @@ def test_ytvis_eval_subsets(tmp_path, data_config, monkeypatch):
   # with shuffle_buffer=2 each split's shard is a block (17, 4 and 3 clips a epoch), so batches
   # of 2 and of 5 straddle block and epoch boundaries; two hosts get the halves.
   cfg.update(ytvis_eval_subset="authors", shuffle_buffer=2)
-  source = sources.open_source(cfg)
+  source = datasets.open_source(cfg)
   native = [v["video"] for split in ("train", "valid", "test")
             for v in source.read_eval_videos(split).as_numpy_iterator()]
   for batch_size in (2, 5):
@@ -417,3 +418,33 @@ def test_check_data_fails_fast_in_one_line(synthetic_dir, data_config, tmp_path,
   assert "eval validation" in pipeline.check_data(cfg, "eval")  # train splits not needed
   with pytest.raises(ValueError, match="mode must be"):
     pipeline.check_data(cfg, "trian")
+
+
+def test_a_new_dataset_is_one_registered_object(synthetic_dir, data_config, monkeypatch):
+  # A dataset's rules (where it lives, its evaluation subset, the training videos it holds
+  # out) are its Dataset object: registering one is all the pipeline needs.
+  from solv_jax.data.datasets import synthetic as synthetic_dataset
+
+  class HeldOut(synthetic_dataset.Synthetic):
+    name = "held_out"
+
+    def eval_split_spec(self, data_config, source, split):
+      return f"{split}[1:3]"
+
+    def excluded_videos(self, data_config, source, split):
+      return {1, 2} if split == "train" else set()
+
+  monkeypatch.setitem(datasets.DATASETS, "held_out", HeldOut())
+  cfg = data_config(data_dir=synthetic_dir, synthetic=TINY_SYNTHETIC, name="held_out",
+                    eval_split="train", train_split="train", num_context=1)
+  assert "held_out" in datasets.names()
+  assert pipeline.check_data(cfg).endswith("train train (6 videos), eval train[1:3] (2 videos)")
+  reference = [v["video_name"] for v in pipeline.eval_videos(
+      data_config(data_dir=synthetic_dir, synthetic=TINY_SYNTHETIC, eval_split="train"))]
+  assert [v["video_name"] for v in pipeline.eval_videos(cfg)] == reference[1:3]
+  it = pipeline.make_train_iterator(cfg, 2, 0, 1)
+  assert it.order.clips_per_epoch == 4 * TINY_SYNTHETIC["num_frames"]  # 6 videos less 2
+  assert set(it.order.clips_at(0, it.order.clips_per_epoch)[:, 0].tolist()) == {0, 3, 4, 5}
+  it.close()
+  with pytest.raises(ValueError, match="config.data.name must be one of"):
+    datasets.get("no_such_dataset")
