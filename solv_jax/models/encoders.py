@@ -78,7 +78,7 @@ def get(variant: Any) -> Encoder:
   """The entry of config.model.encoder_variant. A dict of DINOv2 sizes (tests build tiny
   ViTs this way) gives an unregistered DINOv2 entry of those sizes."""
   if isinstance(variant, Mapping):
-    return _dinov2(dict(variant), name="dinov2 " + ",".join(f"{k}={v}" for k, v in
+    return dinov2_entry(dict(variant), name="dinov2 " + ",".join(f"{k}={v}" for k, v in
                                                             sorted(variant.items())))
   if variant not in ENCODERS:
     raise ValueError(f"Unknown encoder {variant!r} (config.model.encoder_variant); choose one "
@@ -89,7 +89,9 @@ def get(variant: Any) -> Encoder:
 # ----------------------------------------------------------------------------------------------
 # DINOv2 (Oquab et al., 2023), with and without registers: solv_jax/models/dinov2.py.
 # ----------------------------------------------------------------------------------------------
-def _dinov2(variant, name: str) -> Encoder:
+def dinov2_entry(variant, name: str | None = None) -> Encoder:
+  """The entry of a DINOv2 variant: a name of dinov2.VARIANTS, or a dict of its sizes."""
+  name = name or variant
   sizes = dinov2.variant_config(variant)
 
   def load(path: str) -> dict:
@@ -109,4 +111,4 @@ def _dinov2(variant, name: str) -> Encoder:
 
 
 for _name in dinov2.VARIANTS:
-  register(_dinov2(_name, _name))
+  register(dinov2_entry(_name, _name))

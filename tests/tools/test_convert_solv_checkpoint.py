@@ -21,7 +21,7 @@ from flax import traverse_util
 from PIL import Image
 
 from solv_jax import evaluation, export, segment
-from solv_jax.models import build, dinov2
+from solv_jax.models import build, dinov2, encoders
 from solv_jax.models import spatial_binding as sb
 from solv_jax.models.temporal_binding import TemporalBinding
 from tests.dinov2_reference import TINY
@@ -151,6 +151,7 @@ def save_authors_checkpoint(model, path, args=None):
 def tiny_encoder(monkeypatch):
   """The tiny DINOv2 variant by name, and the authors'-style --encoder name for it."""
   monkeypatch.setitem(dinov2.VARIANTS, "tiny14", TINY)
+  monkeypatch.setitem(encoders.ENCODERS, "tiny14", encoders.dinov2_entry("tiny14"))
   monkeypatch.setitem(convert.ENCODERS, "dinov2-tiny-14", "tiny14")
 
 
@@ -177,6 +178,7 @@ def converted(tmp_path_factory, encoder_file):
   save_authors_checkpoint(model, src)
   with pytest.MonkeyPatch.context() as mp:
     mp.setitem(dinov2.VARIANTS, "tiny14", TINY)
+    mp.setitem(encoders.ENCODERS, "tiny14", encoders.dinov2_entry("tiny14"))
     mp.setitem(convert.ENCODERS, "dinov2-tiny-14", "tiny14")
     assert convert.main(["--src", src, "--encoder_weights", encoder_file, "--out", out]) == 0
   return model, out
