@@ -25,7 +25,7 @@ from typing import Iterable
 
 import numpy as np
 
-from solv_jax import metrics, tracking
+from solv_jax import files, metrics, tracking
 
 
 def kmeans(x: np.ndarray, k: int, *, seed: int = 0, n_init: int = 4, max_iter: int = 100,
@@ -216,8 +216,7 @@ def main(argv):
     print(json.dumps({"baseline": name, **results[name]}), flush=True)
   if flags.FLAGS.out:
     os.makedirs(os.path.dirname(flags.FLAGS.out) or ".", exist_ok=True)
-    with open(flags.FLAGS.out, "w") as f:
-      json.dump(results if len(results) > 1 else results[name], f, indent=2)
+    files.write_json(flags.FLAGS.out, results if len(results) > 1 else results[name])
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ export and segmentation (`restore_params`) — goes through `Checkpoints.restore
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -32,6 +33,8 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from solv_jax import files
 
 MANIFESTS = "manifests"
 REJECTED = "rejected"
@@ -96,14 +99,30 @@ class Checkpoints:
     # The previous save has had a whole checkpoint interval to finish: waiting costs nothing
     # and lets its manifest be written from its committed files.
     self.wait()
-    if int(step) in self.manager.all_steps():  # e.g. reached again after a rejected step
-      self.manager.delete(int(step))
-    self.manager.save(int(step), args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=force)
+    with self._named_write_errors(f"step {int(step)}"):
+      if int(step) in self.manager.all_steps():  # e.g. reached again after a rejected step
+        self.manager.delete(int(step))
+      self.manager.save(int(step), args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=force)
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
-    self._write_manifests()
+    with self._named_write_errors("the last save"):
+      self.manager.wait_until_finished()
+      self._write_manifests()
+
+  @contextlib.contextmanager
+  def _named_write_errors(self, what: str):
+    """A save that a full or read-only disk stopped -> one CheckpointError line."""
+    try:
+      yield
+    except Exception as e:  # noqa: BLE001 - orbax raises many types for a failed write
+      problem = files.write_problem(e)
+      if problem is None:
+        raise
+      raise CheckpointError(
+          f"Cannot write a checkpoint ({what}) under {self.directory}: {problem}. The "
+          f"checkpoints saved before are intact ({self.all_steps() or 'none yet'}); free space "
+          "(or fix the permissions) and run the same command again to resume.") from None
 
   def _manifest_path(self, step: int) -> str:
     return os.path.join(self.directory, MANIFESTS, f"{step}.json")
@@ -117,11 +136,8 @@ class Checkpoints:
     for s in steps:
       path = self._manifest_path(s)
       if not os.path.exists(path):
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-          json.dump({"step": s, "sha256": _file_digests(os.path.join(self.directory, str(s)))},
-                    f, indent=0)
-        os.replace(tmp, path)
+        files.write_json(path, {"step": s, "sha256": _file_digests(
+            os.path.join(self.directory, str(s)))}, indent=0)
     for name in os.listdir(os.path.join(self.directory, MANIFESTS)):
       stem = name.split(".")[0]
       if stem.isdigit() and int(stem) not in steps:
@@ -254,7 +270,12 @@ class Checkpoints:
     return None
 
   def close(self) -> None:
-    self.wait()
+    try:
+      self.wait()
+    except BaseException:
+      with contextlib.suppress(Exception):  # the failure is the wait's error, raised below
+        self.manager.close()
+      raise
     self.manager.close()
 
 

@@ -303,6 +303,10 @@ def main(argv=None) -> int:
   except OSError as e:  # a damaged record or frame, named by the pipeline
     print(f"error: {_one_line(e)}", file=sys.stderr, flush=True)
     return 1
+  except KeyboardInterrupt:
+    print(f"error: interrupted (Ctrl-C); {prepared[2]} holds no results.json of this run.",
+          file=sys.stderr, flush=True)
+    return 130
   return 0
 
 

@@ -5,7 +5,6 @@ evaluations and `python -m solv_jax.evaluate` (solv_jax/evaluate.py) run it.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Iterable
@@ -13,7 +12,7 @@ from typing import Iterable
 import jax
 import numpy as np
 
-from solv_jax import metrics, tracking, visualize
+from solv_jax import files, metrics, tracking, visualize
 from solv_jax.data.frames import resize_frames
 from solv_jax.inference import VideoSegmenter
 from solv_jax.models.solv import SOLV
@@ -36,25 +35,25 @@ def summary(results: dict) -> str:
 
 def evaluate(config, model: SOLV, params: dict, workdir: str, step: int | None,
              videos: Iterable[dict] | None = None, subdir: str = "eval",
-             extra: dict | None = None) -> dict:
+             extra: dict | None = None, writer=None) -> dict:
   """Runs the protocol over the evaluation split; writes WORKDIR/eval/results.json + pictures.
 
   step: the checkpoint's step (None for an export). extra: JSON-able keys added to the results
-  (the command line records what it evaluated there).
+  (the command line records what it evaluated there). writer: a clu metric writer that also
+  gets the mask pictures (`masks/<video>`: frames, ground truth, prediction) at `step`, for
+  TensorBoard.
 
   In a multi-process run every process evaluates every video on its own devices (the params
   are replicated, so all get the same results) and process 0 alone writes the files."""
   from solv_jax.data import pipeline
 
   out_dir = os.path.join(workdir, subdir)
-  writes = jax.process_index() == 0
-  if writes:
-    os.makedirs(out_dir, exist_ok=True)
+  writes = jax.process_index() == 0  # out_dir is made by the first file written into it
   segmenter = VideoSegmenter(model, params, batch_windows=config.eval.batch_windows)
   if videos is None:
     videos = pipeline.eval_videos(config)
   acc = metrics.MetricAccumulator()
-  per_video = []
+  per_video, images = [], {}
   t0, num_frames = time.time(), 0
   for i, video in enumerate(videos):
     frames = resize_frames(video["video"], tuple(config.data.resolution))
@@ -73,12 +72,17 @@ def evaluate(config, model: SOLV, params: dict, workdir: str, step: int | None,
       raw = np.asarray(video["video"])
       visualize.save_strip(os.path.join(out_dir, f"{safe}.png"), raw, gt, pred)
       visualize.save_gif(os.path.join(out_dir, f"{safe}.gif"), raw, gt, pred)
+      if writer is not None:
+        images[f"masks/{safe}"] = visualize.strip_image(raw, gt, pred)[None]
   results = {**acc.compute(), "step": None if step is None else int(step),
              "frames_per_second": num_frames / max(time.time() - t0, 1e-9), "videos": per_video,
              **_notes(), **(extra or {})}
   if writes:
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-      json.dump(results, f, indent=2)
+    os.makedirs(out_dir, exist_ok=True)
+    files.write_json(os.path.join(out_dir, "results.json"), results)
+    if images:
+      writer.write_images(0 if step is None else int(step), images)
+      writer.flush()
   return results
 
 

@@ -12,6 +12,8 @@ import os
 import numpy as np
 from flax import traverse_util
 
+from solv_jax import files
+
 
 def _upgrade(saved: dict):
   from solv_jax import schema
@@ -34,9 +36,8 @@ def save_export(path: str, config, params: dict, encoder: dict | None = None) ->
     arrays.update(_flat(encoder, "encoder"))
   arrays["__config__"] = np.array(config.to_json() if hasattr(config, "to_json")
                                   else json.dumps(config))
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  with files.replacing(path) as tmp:  # a full disk leaves no partial file behind
+    np.savez(tmp, **arrays)
 
 
 def load_export(path: str):
@@ -109,8 +110,7 @@ def save_config(workdir: str, config) -> list[str]:
         changes = config_changes(_renamed(json.load(f)), json.loads(text))
       except ValueError:  # unreadable: nothing to compare against
         changes = ["config.json: unreadable -> rewritten"]
-  with open(path, "w") as f:
-    f.write(text)
+  files.write_text(path, text)
   return changes
 
 
@@ -118,5 +118,13 @@ def load_config(workdir: str):
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path!r} not found: is {workdir!r} a solv_jax workdir?")
-  with open(path) as f:
-    return _upgrade(json.load(f))
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except ValueError as e:  # torn or not JSON
+    raise ValueError(f"{path!r} is not a readable config ({e.__class__.__name__}: {e}); it was "
+                     "cut short or overwritten: restore it, or start the run in a new "
+                     "workdir.") from None
+  if not isinstance(saved, dict):
+    raise ValueError(f"{path!r} is not a solv_jax config (a JSON object was expected).")
+  return _upgrade(saved)

@@ -179,7 +179,7 @@ def load_model(checkpoint: str, resolution: tuple[int, int] | None = None, *,
       sharding.apply_xla_flags(export.read_config(checkpoint).get("xla_flags", ""),
                                strict=False)
     loaded = build.load(checkpoint, step)
-  except build.LoadError as e:
+  except ValueError as e:  # build.LoadError, a torn config.json
     raise InferenceError(str(e)) from e
   check_resolution(loaded.config, resolution, checkpoint)
   if not loaded.config.model.encoder_weights:

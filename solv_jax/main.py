@@ -5,7 +5,8 @@
       --config.data.data_dir=DATA --workdir=runs/ytvis_c --mode=train_and_eval
 
 Exit status: 0 done; 1 a clear error (printed last, one line); 2 a bad command line;
-143 (128 + SIGTERM) preempted: a checkpoint was saved, run the same command again to resume.
+143 (128 + SIGTERM) preempted, 130 Ctrl-C: a checkpoint was saved, run the same command again to
+resume (a second Ctrl-C stops at once, keeping the checkpoints saved before).
 """
 from __future__ import annotations
 
@@ -94,6 +95,13 @@ def run(config, workdir: str, mode: str) -> dict | None:
   from solv_jax.models import build
 
   schema.validate(config)
+  training = mode in ("train", "train_and_eval")
+  if training:  # the global batch splits evenly over this run's devices
+    from solv_jax import sharding
+    try:
+      sharding.check_batch_size(config.train.batch_size, sharding.make_mesh())
+    except ValueError as e:
+      raise schema.ConfigError(str(e)) from None
   try:
     _print("Data: " + pipeline.check_data(config, mode))
   except (OSError, ValueError) as e:
@@ -105,7 +113,6 @@ def run(config, workdir: str, mode: str) -> dict | None:
     _print(f"Note: only the first {config.model.encoder_blocks} DINOv2 block(s) run "
            "(config.model.encoder_blocks; 0 = all, as in the paper).")
   model = build.build_model(config)
-  training = mode in ("train", "train_and_eval")
   with workdir_lib.lock(workdir, enabled=training and jax.process_index() == 0):
     check_workdir(config, model, workdir)
     if training and jax.process_index() == 0:
@@ -116,7 +123,7 @@ def run(config, workdir: str, mode: str) -> dict | None:
     encoder = build.encoder_params(config, model)
     results = None
     if mode == "train_and_eval" and config.eval.untrained:
-      _evaluate_untrained(config, model, encoder, workdir)
+      _evaluate_untrained(config, model, encoder, workdir, _writer(workdir))
     if training:
       state = train.train(config, workdir, model=model, encoder=encoder)
       params, step = jax.device_get(state.params), int(state.step)
@@ -125,25 +132,39 @@ def run(config, workdir: str, mode: str) -> dict | None:
         step, params = checkpoints.restore_params(workdir)
       _print(f"Evaluating step {step} on {config.data.name}:{config.data.eval_split} ...")
       results = evaluation.evaluate(config, model, build.with_encoder(params, encoder), workdir,
-                                  step)
+                                    step, writer=_writer(workdir))
       _print("Evaluation: " + evaluation.summary(results))
       _print(f"Results: {os.path.join(workdir, 'eval', 'results.json')}; masks: "
              f"{os.path.join(workdir, 'eval')}/*.png, *.gif")
   return results
 
 
-def _evaluate_untrained(config, model, encoder, workdir: str) -> None:
+def _writer(workdir: str):
+  """The run's TensorBoard writer (WORKDIR/tensorboard), for the evaluations' mask pictures."""
+  import jax
+  from clu import metric_writers
+  return metric_writers.create_default_writer(os.path.join(workdir, "tensorboard"),
+                                              just_logging=jax.process_index() > 0)
+
+
+def _evaluate_untrained(config, model, encoder, workdir: str, writer=None) -> None:
   """The baseline of a run: the initial (step-0) params through the same protocol."""
   import jax
   from solv_jax import evaluation
   from solv_jax.models import build
+  from solv_jax import files
   path = os.path.join(workdir, "eval_step0", "results.json")
-  if os.path.exists(path):  # a resumed run: already done
-    return
+  done = files.read_json(path)
+  if done is not None and done.get("step") == 0 and "num_videos" in done:
+    return  # a resumed run: already done
+  if os.path.exists(path):
+    _print(f"Note: {path} is unreadable or incomplete (an interrupted run?); evaluating "
+           "step 0 again.")
   params = build.with_encoder(jax.device_get(build.initial_params(config, model)), encoder)
   _print(f"Evaluating the untrained model (step 0) on {config.data.name}:"
          f"{config.data.eval_split} ...")
-  results = evaluation.evaluate(config, model, params, workdir, 0, subdir="eval_step0")
+  results = evaluation.evaluate(config, model, params, workdir, 0, subdir="eval_step0",
+                                writer=writer)
   _print("Step 0: " + evaluation.summary(results))
 
 
@@ -192,7 +213,11 @@ def main(argv):
     run(config, workdir, flags.FLAGS.mode)
   except train.Preempted as e:
     _print(str(e))
-    return train.EXIT_PREEMPTED
+    return e.exit_code
+  except KeyboardInterrupt:  # Ctrl-C outside the training steps (or twice)
+    print("error: interrupted (Ctrl-C); the checkpoints saved so far are kept: run the same "
+          "command again to resume.", file=sys.stderr, flush=True)
+    return train.EXIT_INTERRUPTED
   except _user_errors() as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     return EXIT_ERROR

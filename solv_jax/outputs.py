@@ -9,7 +9,7 @@ empty folder, or --overwrite.
 """
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import re
 import sys
@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from solv_jax import video_io, visualize
+from solv_jax import files, video_io, visualize
 from solv_jax.video_io import first_lines
 
 GIF_MAX_SIDE = 480
@@ -78,15 +78,56 @@ def _mp4_send(writer, path: str, frame: np.ndarray | None):
 SLOT_KEYS = ("slots", "valid", "track_ids", "masks")  # what slots.npz holds from the segmenter
 
 
-def check_out_dir(out_dir: str, overwrite: bool) -> None:
-  """Refuses an --out that is a file, or a non-empty folder unless overwrite (OutputError)."""
+# The outputs a segmentation wrote in its folder (relative paths): what a later run with
+# --overwrite may replace. Files of the output names that it does not list are not ours.
+MANIFEST = ".solv_jax_segment.json"
+_OUTPUT_NAME = re.compile(r"masks/\d{6}\.png|overlay\.(gif|mp4)|slots\.npz|summary\.json")
+
+
+def _listed(out_dir: str) -> set[str]:
+  manifest = files.read_json(os.path.join(out_dir, MANIFEST)) or {}
+  return {f for f in manifest.get("files", []) if isinstance(f, str) and _OUTPUT_NAME.fullmatch(f)}
+
+
+def _present_outputs(out_dir: str) -> list[str]:
+  """The files in out_dir that have the name of an output (masks/NNNNNN.png, overlay.*, ...)."""
+  names = os.listdir(out_dir) if os.path.isdir(out_dir) else []
+  masks = os.path.join(out_dir, "masks")
+  names += ["masks/" + n for n in (os.listdir(masks) if os.path.isdir(masks) else [])]
+  return sorted(n for n in names if _OUTPUT_NAME.fullmatch(n))
+
+
+def check_out_dir(out_dir: str, overwrite: bool, *, manifest: bool = False) -> None:
+  """Refuses an --out that is a file, or a non-empty folder unless overwrite (OutputError).
+
+  With overwrite, a symbolic link is refused (what is replaced must be where the user looks),
+  and with `manifest` (segment's outputs) so is a folder holding files of the output names
+  that no earlier run listed in MANIFEST: --overwrite replaces only what this command wrote."""
   if os.path.exists(out_dir) and not os.path.isdir(out_dir):
     raise OutputError(f"--out {out_dir!r} exists and is not a folder.")
+  existing = os.path.abspath(out_dir)
+  while not os.path.exists(existing):  # the folder, or the nearest one above it to create it in
+    existing = os.path.dirname(existing)
+  if not os.access(existing, os.W_OK):
+    raise OutputError(f"--out {out_dir!r} cannot be written ({existing!r} is read-only for this "
+                      "user or mount); choose a writable folder.")
   entries = sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []
   if entries and not overwrite:
     raise OutputError(
         f"--out {out_dir!r} is not empty ({len(entries)} entries, e.g. {entries[0]!r}); give a "
         "new folder, or --overwrite to replace this command's earlier outputs there.")
+  if entries and os.path.islink(out_dir.rstrip(os.sep)):
+    raise OutputError(
+        f"--out {out_dir!r} is a symbolic link to {os.path.realpath(out_dir)!r}; --overwrite "
+        "replaces files only in a folder given as itself: pass the target folder.")
+  if entries and manifest:
+    foreign = [n for n in _present_outputs(out_dir) if n not in _listed(out_dir)]
+    if foreign:
+      raise OutputError(
+          f"--out {out_dir!r} holds {len(foreign)} file(s) with this command's output names "
+          f"that no earlier run of it wrote there (e.g. {foreign[0]!r}; its runs list their "
+          f"outputs in {MANIFEST}): --overwrite replaces only those. Move them, or give a new "
+          "folder.")
 
 
 def write_outputs(out_dir: str, video: video_io.Video, ids: np.ndarray, fps: float,
@@ -111,12 +152,20 @@ def write_frames(out_dir: str, info: dict, frames_and_ids: Iterable, shape: tupl
   gif_stride = -(-t_len // GIF_MAX_FRAMES)  # every frame up to GIF_MAX_FRAMES, then every k-th
   mask_dir = os.path.join(out_dir, "masks")
   os.makedirs(mask_dir, exist_ok=True)
-  for name in os.listdir(mask_dir):  # a longer earlier run's frames would mix in
-    if re.fullmatch(r"\d{6}\.png", name):
-      os.remove(os.path.join(mask_dir, name))
-  for name in ("overlay.mp4", "slots.npz"):  # not always written: an earlier run's would stay
-    if os.path.isfile(os.path.join(out_dir, name)):
+  # What this run writes, listed before it writes (an interrupted run's files are listed too);
+  # an earlier run's outputs are removed first (a longer video's masks, an MP4 or slots.npz
+  # not written now would otherwise mix in); nothing that no run listed is touched.
+  planned = ([f"masks/{t:06d}.png" for t in range(t_len)] + ["overlay.gif", "overlay.mp4",
+             "summary.json"] + (["slots.npz"] if slots is not None else []))
+  earlier = _listed(out_dir)
+  if earlier and progress:
+    print(f"Replacing the outputs of an earlier run in {out_dir} ({len(earlier)} files listed "
+          f"in {MANIFEST}).", flush=True)
+  for name in sorted(earlier):
+    with contextlib.suppress(FileNotFoundError):
       os.remove(os.path.join(out_dir, name))
+  files.write_json(os.path.join(out_dir, MANIFEST), {"tool": "python -m solv_jax.segment",
+                                                     "files": sorted(set(planned))})
   slots_file = None
   if slots is not None:
     slots_file = "slots.npz"
@@ -132,7 +181,8 @@ def write_frames(out_dir: str, info: dict, frames_and_ids: Iterable, shape: tupl
     if t >= t_len:
       raise ValueError(f"More than the {t_len} frames of shape {shape} to write.")
     file = f"masks/{t:06d}.png"
-    mask_image(ids_t).save(os.path.join(out_dir, file), format="PNG")
+    with files.replacing(os.path.join(out_dir, file)) as tmp:
+      mask_image(ids_t).save(tmp, format="PNG")
     counts = np.bincount(ids_t.reshape(-1))
     present = {int(i): int(c) for i, c in enumerate(counts) if c}
     for i, c in present.items():
@@ -153,8 +203,9 @@ def write_frames(out_dir: str, info: dict, frames_and_ids: Iterable, shape: tupl
   if mp4 is not None:
     mp4 = _mp4_send(mp4, mp4_path, None)
   gif_path = os.path.join(out_dir, "overlay.gif")
-  gif_frames[0].save(gif_path, format="GIF", save_all=True, append_images=gif_frames[1:],
-                     duration=int(round(1000 * gif_stride / fps)), loop=0)
+  with files.replacing(gif_path) as tmp:
+    gif_frames[0].save(tmp, format="GIF", save_all=True, append_images=gif_frames[1:],
+                       duration=int(round(1000 * gif_stride / fps)), loop=0)
 
   objects = [dict(id=i, num_frames=len(frames_of[i]), first_frame=frames_of[i][0],
                   last_frame=frames_of[i][-1], pixels=pixels[i], frames=frames_of[i])
@@ -182,8 +233,7 @@ def write_frames(out_dir: str, info: dict, frames_and_ids: Iterable, shape: tupl
       "objects": objects,
       "frames": per_frame,
   }
-  with open(os.path.join(out_dir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=1)
+  files.write_json(os.path.join(out_dir, "summary.json"), summary, indent=1)
   return summary
 
 
@@ -201,4 +251,5 @@ def _write_slots(path: str, out: dict, num_frames: int) -> None:
     if value.shape[0] != num_frames or value.shape[:2] != arrays["valid"].shape:
       raise ValueError(f"Segmenter output {key!r} has shape {value.shape}; expected "
                        f"({num_frames}, K, ...) like valid {arrays['valid'].shape}.")
-  np.savez(path, **arrays, token_grid=np.asarray(arrays["masks"].shape[2:], np.int32))
+  with files.replacing(path) as tmp:
+    np.savez(tmp, **arrays, token_grid=np.asarray(arrays["masks"].shape[2:], np.int32))

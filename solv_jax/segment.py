@@ -22,8 +22,10 @@ The model runs at the resolution it was trained at (config.data.resolution: its 
 embedding and G_abs are learned per token of that grid), through `inference.VideoSegmenter`
 (the evaluation protocol, docs/METHOD.md §7), and its masks are upsampled to the video's own
 size with `tracking.masks_to_ids`. --out must be a new or empty folder; a non-empty one is
-refused unless --overwrite is given, which replaces this command's outputs there (stale
-masks/NNNNNN.png, overlay.*, summary.json, slots.npz) and leaves any other file alone. Written under --out:
+refused unless --overwrite is given, which replaces the outputs an earlier run of this command
+wrote there (listed in its .solv_jax_segment.json) and touches no other file: files with the
+output names that no run listed, or a symbolic link as --out, are refused by name. Written
+under --out:
   masks/000000.png ...  one per frame at the video's size; pixel value = track id (0, 1, ...).
                         8-bit palette PNGs (mode P, colours of visualize.PALETTE) when every id
                         is below 256, else 16-bit greyscale; np.asarray(PIL.Image.open(f))
@@ -95,7 +97,7 @@ def main(argv=None) -> int:
                       help="write into a non-empty --out, replacing this command's outputs there")
   args = parser.parse_args(argv)
   try:
-    outputs.check_out_dir(args.out, args.overwrite)  # before the long read and model set-up
+    outputs.check_out_dir(args.out, args.overwrite, manifest=True)  # before the long read
     if not os.path.exists(args.checkpoint):  # before a long read
       raise inference.InferenceError(f"--checkpoint {args.checkpoint!r} does not exist "
                                      f"(expected {inference.CHECKPOINT_KINDS}).")
@@ -121,6 +123,15 @@ def main(argv=None) -> int:
   except video_io.VideoError as e:  # a frame that fails to decode past open_video's checks
     print(f"error: {e}", file=sys.stderr)
     return 1
+  except OSError as e:  # a full or read-only --out
+    print(f"error: cannot write --out {args.out!r}: {e.strerror or e} ({e.filename or ''}). "
+          "Free space or choose a writable folder; the outputs written are listed in its "
+          f"{outputs.MANIFEST}.", file=sys.stderr, flush=True)
+    return 1
+  except KeyboardInterrupt:
+    print(f"error: interrupted (Ctrl-C); {args.out} holds no summary.json of this run.",
+          file=sys.stderr, flush=True)
+    return 130
   print(f"{summary['num_objects']} tracks over {num_frames} frames; wrote {args.out}/masks/*.png, "
         f"overlay.gif{', overlay.mp4' if summary['outputs']['overlay_mp4'] else ''}"
         f"{', slots.npz' if summary['outputs']['slots'] else ''}, summary.json", flush=True)

@@ -27,26 +27,35 @@ from solv_jax.train_step import TrainState
 # The loop.
 # ----------------------------------------------------------------------------------------------
 class _Preempted:
-  """SIGTERM sets a flag; the loop then writes a checkpoint and exits cleanly.
+  """SIGTERM or SIGINT (Ctrl-C) sets a flag; the loop then writes a checkpoint and exits
+  cleanly. A second Ctrl-C stops at once (KeyboardInterrupt; the earlier checkpoints stay).
 
   In a multi-process run the processes must stop at the same step (the checkpoint is written
   by all together), so there jax.distributed's preemption service, which catches SIGTERM on
   any process, names that step (`reached_preemption_sync_point`); a Python handler here
   would replace its own."""
 
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
   def __init__(self):
     self.flag = False
-    self._old = None
+    self.signum = signal.SIGTERM
+    self._old = {}
     self._sync = jax.process_count() > 1
     if self._sync:
       return
     try:
-      self._old = signal.signal(signal.SIGTERM, self._handle)
+      self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
     except ValueError:  # not the main thread
-      self._old = None
+      self._old = {}
 
   def _handle(self, signum, frame):
-    self.flag = True
+    if signum == signal.SIGINT and self.flag:
+      raise KeyboardInterrupt  # a second Ctrl-C: stop now
+    if signum == signal.SIGINT:
+      print("\nCtrl-C: saving a checkpoint after this step, then stopping (Ctrl-C again to "
+            "stop at once).", flush=True)
+    self.flag, self.signum = True, signum
 
   def at(self, step: int) -> bool:
     """Whether to checkpoint and stop after `step`; called once per step on every process."""
@@ -56,8 +65,8 @@ class _Preempted:
     return self.flag
 
   def restore(self):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
+    for s, old in self._old.items():
+      signal.signal(s, old)
 
 
 def _truncate_metrics(path: str, step: int) -> None:
@@ -81,14 +90,17 @@ def _truncate_metrics(path: str, step: int) -> None:
 
 
 class Preempted(Exception):
-  """SIGTERM arrived; the run saved a checkpoint at `step` and stopped (exit EXIT_PREEMPTED)."""
+  """SIGTERM or SIGINT arrived; the run saved a checkpoint at `step` and stopped. exit_code:
+  128 + the signal, as a shell reports a process ended by it (143 SIGTERM, 130 Ctrl-C)."""
 
-  def __init__(self, step: int):
-    super().__init__(f"SIGTERM: saved checkpoint at step {step}, exiting.")
-    self.step = step
+  def __init__(self, step: int, signum: int = signal.SIGTERM):
+    super().__init__(f"{signal.Signals(signum).name}: saved checkpoint at step {step}, "
+                     "exiting.")
+    self.step, self.exit_code = step, 128 + int(signum)
 
 
 EXIT_PREEMPTED = 128 + signal.SIGTERM  # 143, as a shell reports a process ended by SIGTERM
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130: Ctrl-C
 
 
 def train(config, workdir: str, stop_at: int | None = None, *, model: SOLV | None = None,
@@ -165,7 +177,7 @@ def train(config, workdir: str, stop_at: int | None = None, *, model: SOLV | Non
         _periodic_eval(config, model, state, encoder, workdir, step, writer)
       if preempt:
         ckpt.wait()
-        raise Preempted(step)
+        raise Preempted(step, preempted.signum)
       if step == stop_at:
         break
   finally:
@@ -188,7 +200,7 @@ def _periodic_eval(config, model, state, encoder, workdir, step, writer) -> None
   from solv_jax import evaluation
   params = build.with_encoder(jax.device_get(state.params), encoder)
   results = evaluation.evaluate(config, model, params, workdir, step,
-                              subdir=os.path.join("eval_steps", str(step)))
+                                subdir=os.path.join("eval_steps", str(step)), writer=writer)
   scalars = {f"eval/{k}": float(v) for k, v in results.items()
              if isinstance(v, (int, float)) and k != "step"}
   writer.write_scalars(step, scalars)

@@ -15,6 +15,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from solv_jax import files
+
 
 def _make_palette(n: int = 64) -> np.ndarray:
   """(n, 3) uint8 colours, each as far (RGB distance) from those before it as a grid allows.
@@ -113,7 +115,8 @@ def save_strip(path: str, frames: np.ndarray, gt: np.ndarray, pred: np.ndarray,
                idx: Sequence[int] | None = None, pred_background: int | None = None) -> None:
   """Writes `strip_image` as a PNG."""
   _make_parent(path)
-  Image.fromarray(strip_image(frames, gt, pred, idx, pred_background)).save(path, format="PNG")
+  with files.replacing(path) as tmp:
+    Image.fromarray(strip_image(frames, gt, pred, idx, pred_background)).save(tmp, format="PNG")
 
 
 def save_gif(path: str, frames: np.ndarray, gt: np.ndarray, pred: np.ndarray, fps: float = 4.0,
@@ -122,5 +125,6 @@ def save_gif(path: str, frames: np.ndarray, gt: np.ndarray, pred: np.ndarray, fp
   consecutive identical frames into one longer frame)."""
   _make_parent(path)
   images = [Image.fromarray(f) for f in gif_frames(frames, gt, pred, pred_background)]
-  images[0].save(path, format="GIF", save_all=True, append_images=images[1:],
-                 duration=int(round(1000 / fps)), loop=0)
+  with files.replacing(path) as tmp:
+    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                   duration=int(round(1000 / fps)), loop=0)

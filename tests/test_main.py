@@ -33,6 +33,20 @@ def _config(data_dir, **train_overrides):
   return config
 
 
+def _tensorboard_tags(folder):
+  """{(step, tag)} of the image summaries in the event files under `folder`."""
+  import tensorflow as tf
+  from tensorboard.compat.proto import event_pb2
+  out = set()
+  for name in os.listdir(folder):
+    for record in tf.data.TFRecordDataset(os.path.join(folder, name)):
+      event = event_pb2.Event.FromString(record.numpy())
+      for value in event.summary.value:
+        if value.metadata.plugin_data.plugin_name == "images":
+          out.add((event.step, value.tag))
+  return out
+
+
 def _losses(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
@@ -63,6 +77,10 @@ def test_train_and_eval_writes_results_pictures_and_exports(data_dir, tmp_path):
   assert results["miou"] == saved["miou"]
   names = os.listdir(os.path.join(workdir, "eval"))
   assert any(n.endswith(".png") for n in names) and any(n.endswith(".gif") for n in names)
+  # ... and the same mask pictures in TensorBoard, at step 0 and at the final step.
+  images = _tensorboard_tags(os.path.join(workdir, "tensorboard"))
+  strip = [n[:-4] for n in names if n.endswith(".png")][0]
+  assert {(0, f"masks/{strip}"), (6, f"masks/{strip}")} <= images, images
   names = os.listdir(os.path.join(workdir, "checkpoints"))
   assert sorted(int(s) for s in names if s.isdigit()) == [2, 4, 6]
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints", "manifests"))) == [
@@ -175,3 +193,25 @@ def test_save_config_reports_what_changed_since_the_stored_config(tmp_path):
   assert export.save_config(str(tmp_path), config) == []
   config.data.synthetic.num_train = 17
   assert export.save_config(str(tmp_path), config) == ["data.synthetic.num_train: 300 -> 17"]
+
+
+def test_config_and_data_errors_come_before_anything_is_written(data_dir, tmp_path, monkeypatch):
+  # Each used to be a traceback after config.json (and checkpoints/) were written.
+  import types
+  from solv_jax import schema, sharding
+  workdir = tmp_path / "run"
+  with monkeypatch.context() as m:  # batch 4 over 3 devices
+    m.setattr(sharding, "make_mesh", lambda devices=None: types.SimpleNamespace(
+        devices=np.empty(3)))
+    with pytest.raises(schema.ConfigError, match=r"multiple of the number of devices \(3\)"):
+      main.run(_config(data_dir), str(workdir), "train")
+  short = _config(data_dir)
+  short.data.synthetic.num_frames = 2  # shorter than the 5-frame window
+  with pytest.raises(main.DataError, match=r"F = 2\*2\+1 = 5 frames but every video"):
+    main.run(short, str(workdir), "train")
+  a_file = tmp_path / "not_a_folder"
+  a_file.write_text("x")
+  with pytest.raises(main.DataError, match="is a file, not a folder"):
+    main.run(_config(str(a_file)), str(workdir), "train")
+  assert not workdir.exists()
+  assert all(issubclass(e, main._user_errors()) for e in (schema.ConfigError, main.DataError))

@@ -352,12 +352,15 @@ def test_8_unknown_override_and_bad_config_argument_are_one_line(tmp_path):
   assert not os.path.exists(tmp_path / "w")
 
 
-def test_8_sigterm_saves_a_checkpoint_and_exits_143(trained, tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_8_sigterm_and_ctrl_c_save_a_checkpoint_and_exit(trained, tmp_path, sig, code):
   workdir = str(tmp_path / "run")
   run = _Run(trained, workdir)
   run.wait_for(r"^step 3/6 ")
-  assert run.signal(signal.SIGTERM) == 143, run.tail()
-  saved = int(run.wait_for(r"^SIGTERM: saved checkpoint at step (\d+), exiting", 1).group(1))
+  assert run.signal(sig) == code, run.tail()
+  name = signal.Signals(sig).name
+  saved = int(run.wait_for(rf"^{name}: saved checkpoint at step (\d+), exiting", 1).group(1))
+  assert not any("Traceback" in line for line in run.output), run.tail()
   complete, tmps = _steps(workdir)
   assert saved in complete and saved < 6 and not tmps
   assert checkpoints.restore_params(workdir)[0] == saved

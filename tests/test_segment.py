@@ -127,11 +127,10 @@ def test_gif_and_mp4_files_from_export(model, clip, tmp_path):
   mp4 = str(tmp_path / "clip.mp4")
   iio.imwrite(mp4, clip, fps=5, macro_block_size=1)
   out = str(tmp_path / "mp4_out")
-  os.makedirs(os.path.join(out, "masks"))
-  Image.fromarray(np.zeros((2, 2), np.uint8)).save(os.path.join(out, "masks", "000009.png"))
+  assert segment.main(["--checkpoint", npz, "--video", mp4, "--out", out]) == 0  # 6 frames
   assert segment.main(["--checkpoint", npz, "--video", mp4, "--out", out, "--max_frames=4",
                        "--overwrite"]) == 0
-  ids, summary = _check_outputs(out, 4, (H, W))  # the stale 000009.png is gone
+  ids, summary = _check_outputs(out, 4, (H, W))  # the earlier run's masks 4 and 5 are gone
   np.testing.assert_array_equal(ids, _reference_ids(model, iio.imread(mp4)[:4]))
   assert summary["fps"] == pytest.approx(5.0)
 
@@ -236,6 +235,43 @@ def test_params_in_memory_segment_as_the_loaded_model_does(model, clip):
   with pytest.raises(inference.InferenceError, match="does not exist"):
     inference.load_model(npz + ".missing")
 
+@pytest.mark.parametrize("damage", ["int32", "float16", "missing", "renamed", "shape",
+                                    "encoder_shape"])
+def test_exports_whose_params_do_not_fit_the_model_are_refused_naming_one(model, clip, damage,
+                                                                          tmp_path, capsys):
+  from flax import traverse_util
+  _, npz, _, _ = model
+  loaded = build.load(npz)
+  trainable = traverse_util.flatten_dict(
+      {k: v for k, v in loaded.params.items() if k != "encoder"})
+  encoder = loaded.params["encoder"]
+  name = max(trainable, key=lambda k: trainable[k].size)  # the largest param
+  if damage in ("int32", "float16"):
+    trainable[name] = trainable[name].astype(damage)
+  elif damage == "missing":
+    del trainable[name]
+  elif damage == "renamed":
+    trainable[(*name[:-1], name[-1] + "_x")] = trainable.pop(name)
+  elif damage == "shape":
+    trainable[name] = trainable[name][..., :-1]
+  else:
+    encoder = traverse_util.flatten_dict(encoder)
+    key = next(k for k in encoder if k[-1] == "kernel")
+    encoder[key] = encoder[key][..., :-1]
+    encoder = traverse_util.unflatten_dict(encoder)
+  bad = str(tmp_path / "bad.npz")
+  export.save_export(bad, loaded.config, traverse_util.unflatten_dict(trainable), encoder)
+  with pytest.raises(inference.InferenceError, match="does not hold the params"):
+    inference.load_model(bad)
+  folder = _frames_folder(tmp_path, clip)
+  capsys.readouterr()
+  assert segment.main([f"--checkpoint={bad}", f"--video={folder}",
+                       f"--out={tmp_path / 'seg'}"]) == 1
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("error: ") and "\n" not in err and bad in err, err
+  assert "/".join(name) in err or damage == "encoder_shape", err
+  assert not (tmp_path / "seg").exists()
+
 def test_command_applies_the_runs_xla_flags_before_restoring(model, clip, tmp_path, monkeypatch):
   # As `python -m solv_jax.main` does, the run's config.xla_flags go to XLA before orbax opens
   # a backend. One is open already in this process, so the call is recorded, not made (the
@@ -293,12 +329,35 @@ def test_non_empty_out_is_refused_unless_overwrite(model, clip, tmp_path, capsys
   (tmp_path / "empty").mkdir()
   assert segment.main([f"--checkpoint={workdir}", f"--video={folder}",
                        f"--out={tmp_path / 'empty'}"]) == 0
-  # --overwrite replaces this command's outputs and leaves the user's other files alone.
+  # --overwrite replaces only what an earlier run of this command wrote there (its manifest):
+  # files of the output names that no run wrote are refused by name, and left as they were.
+  capsys.readouterr()
+  rc = segment.main([f"--checkpoint={workdir}", f"--video={folder}", f"--out={out}",
+                     "--overwrite"])
+  err = capsys.readouterr().err
+  assert rc == 1 and err.strip().count("\n") == 0, err
+  assert "masks/000050.png" in err and outputs.MANIFEST in err, err
+  assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+  (out / "masks" / "000050.png").unlink()
+  (out / "summary.json").unlink()
+  long_folder = _frames_folder(tmp_path, clip, name="long")  # 6 frames, then 3 over them
+  assert segment.main([f"--checkpoint={workdir}", f"--video={long_folder}", f"--out={out}",
+                       "--overwrite", "--save_slots"]) == 0
+  (out / "mine.png").write_bytes(b"not an output name")
   assert segment.main([f"--checkpoint={workdir}", f"--video={folder}", f"--out={out}",
                        "--overwrite"]) == 0
-  ids, summary = _check_outputs(str(out), 3, (H, W))  # 000050.png is gone, summary is ours
-  assert "mine" not in summary
+  assert "Replacing the outputs of an earlier run" in capsys.readouterr().out
+  capsys.readouterr()
+  ids, summary = _check_outputs(str(out), 3, (H, W))  # masks 3-5 and slots.npz are gone
+  assert not (out / "slots.npz").exists()
   assert (out / "notes.txt").read_text() == "keep me"
+  assert (out / "mine.png").read_bytes() == b"not an output name"
+  # A symbolic link as --out is not followed into an --overwrite.
+  link = tmp_path / "link"
+  link.symlink_to(out, target_is_directory=True)
+  assert segment.main([f"--checkpoint={workdir}", f"--video={folder}", f"--out={link}",
+                       "--overwrite"]) == 1
+  assert "symbolic link" in capsys.readouterr().err
 
 
 def test_save_slots_writes_the_segmenters_outputs(model, clip, tmp_path):

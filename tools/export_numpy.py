@@ -28,11 +28,16 @@ def main(argv=None) -> int:
     return 1
   try:
     loaded = build.load(args.workdir, args.step, with_encoder_params=not args.no_encoder)
-  except (FileNotFoundError, build.LoadError) as e:
+  except (FileNotFoundError, ValueError) as e:  # LoadError, a torn config.json
     print(f"error: {e}", file=sys.stderr)
     return 1
   params = {k: v for k, v in loaded.params.items() if k != "encoder"}
-  export.save_export(args.out, loaded.config, params, loaded.params.get("encoder"))
+  try:
+    export.save_export(args.out, loaded.config, params, loaded.params.get("encoder"))
+  except OSError as e:  # a full or read-only disk: nothing is left behind
+    print(f"error: cannot write --out {args.out!r} ({e.strerror or e}); nothing was written. "
+          "Free space or choose another folder.", file=sys.stderr)
+    return 1
   print(f"wrote {args.out} (step {loaded.step})")
   return 0
 

@@ -288,6 +288,17 @@ def _ytvis_layout_error(root, split, missing):
       "convert only the splits you have.")
 
 
+def _inside(name: str, listed_in: str, what: str) -> str:
+  """A relative path from a dataset's own listing, refused (ValueError naming it and the file
+  that lists it) if it is empty, absolute or climbs out with '..': a converter reads only
+  below its --root."""
+  parts = str(name).replace("\\", "/").split("/")
+  if not str(name).strip() or os.path.isabs(name) or str(name).startswith("/") or ".." in parts:
+    raise ValueError(f"{listed_in} lists {what} {name!r}, which is not a path inside the "
+                     "dataset root (empty, absolute or with '..'); fix or remove that entry.")
+  return name
+
+
 def ytvis_jobs(root: str, split: str) -> list[VideoJob]:
   """Videos of one YTVIS19 split, in the JSON's order."""
   split_dir = os.path.join(root, split)
@@ -322,6 +333,8 @@ def ytvis_jobs(root: str, split: str) -> list[VideoJob]:
     file_names = v.get("file_names")
     if not file_names:
       raise ValueError(f"{json_path}: video id {v.get('id')} has no file_names.")
+    file_names = [_inside(fn, json_path, f"for video id {v.get('id')} the frame")
+                  for fn in file_names]
     name = file_names[0].split("/")[0]
     frames = [os.path.join(images, fn) for fn in file_names]
     job = VideoJob(name=name, frames=frames, where=f"YTVIS {split}/{name}")
@@ -380,7 +393,7 @@ def davis_jobs(root: str, split: str) -> list[VideoJob]:
         f"{root}/ImageSets/2017/{{train,val}}.txt. Entries found in {root}: "
         f"{present}.")
   with open(listing) as f:
-    names = [line.strip() for line in f if line.strip()]
+    names = [_inside(line.strip(), listing, "the video") for line in f if line.strip()]
   jobs = []
   for name in names:
     video_dir = os.path.join(images, name)

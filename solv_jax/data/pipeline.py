@@ -628,6 +628,14 @@ def _num_videos(source: sources.VideoSource, spec: str) -> int:
 # Checking a dataset before anything else is set up
 
 
+def _check_window(data_config, longest: int, what: str) -> None:
+  frames = 2 * int(data_config.num_context) + 1
+  if frames > longest:
+    raise ValueError(f"The clip window has F = 2*{data_config.num_context}+1 = {frames} frames "
+                     f"but {what} has {longest}; lower config.data.num_context or use longer "
+                     "videos.")
+
+
 def check_data(config, mode: str = "train_and_eval") -> str:
   """Fails fast when the dataset of config.data cannot serve `mode`; else a summary line.
 
@@ -651,6 +659,9 @@ def check_data(config, mode: str = "train_and_eval") -> str:
   wanted = (train_splits if mode != "eval" else []) + ([eval_split] if mode != "train" else [])
   not_built = datasets.get(name).not_built(data_config, data_dir, path, wanted)
   if not_built is not None:  # built on first use (the synthetic videos)
+    if mode != "eval":
+      _check_window(data_config, datasets.get(name).planned_frames(data_config),
+                    f"every video {name} would build")
     return not_built
   source = datasets.open_source(data_config)  # built or converted: opens metadata only
   parts = []
@@ -658,6 +669,8 @@ def check_data(config, mode: str = "train_and_eval") -> str:
     for split in train_splits:
       source.check_split(split)
     videos = sum(source.num_videos(s) for s in train_splits)
+    _check_window(data_config, max(int(source.lengths(s).max(initial=0)) for s in train_splits),
+                  f"the longest training video of {name} {train_splits}")
     parts.append(f"train {'+'.join(train_splits)} ({videos} videos)")
   if mode != "train":
     spec = eval_split_spec(data_config, source)

@@ -319,8 +319,11 @@ def is_built(cfg: SyntheticConfig, data_dir: str) -> bool:
 
 
 def build(cfg: SyntheticConfig, data_dir: str, overwrite: bool = False) -> str:
-  """Builds (once) the dataset for `cfg` under data_dir/synthetic/<tag>/1.0.0."""
+  """Builds (once) the dataset for `cfg` under data_dir/synthetic/<tag>/1.0.0. A complete one
+  is used as it is, with no write at all (a dataset shared on a read-only mount)."""
   from solv_jax.data import records
+  if not overwrite and is_built(cfg, data_dir):
+    return dataset_path(cfg, data_dir)
   os.makedirs(os.path.join(data_dir, "synthetic"), exist_ok=True)
   lock_path = os.path.join(data_dir, "synthetic", f".{cfg.tag()}.lock")
   with open(lock_path, "w") as lock:

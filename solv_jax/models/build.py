@@ -73,6 +73,26 @@ class LoadError(ValueError):
   pass
 
 
+def param_differences(params: dict, expected: dict) -> list[str]:
+  """How a param tree differs from the expected one (ShapeDtypeStructs): each name missing,
+  extra, or of another shape or dtype, as 'name: what' lines."""
+  from flax import traverse_util
+  have = {"/".join(k): v for k, v in traverse_util.flatten_dict(params).items()}
+  want = {"/".join(k): v for k, v in traverse_util.flatten_dict(expected).items()}
+  out = []
+  for name in sorted(set(have) | set(want)):
+    if name not in have:
+      out.append(f"{name}: missing")
+    elif name not in want:
+      out.append(f"{name}: not a param of this model")
+    else:
+      h, w = np.asarray(have[name]), want[name]
+      if (h.shape, str(h.dtype)) != (tuple(w.shape), str(w.dtype)):
+        out.append(f"{name}: {h.dtype}{list(h.shape)} where the model has "
+                   f"{w.dtype}{list(w.shape)}")
+  return out
+
+
 @dataclasses.dataclass(frozen=True)
 class Loaded:
   """A trained model ready to run: `model.apply({"params": params}, ...)`."""
@@ -111,6 +131,18 @@ def load(path: str, step: int | None = None, *, with_encoder_params: bool = True
     raise LoadError(f"{path!r} holds non-finite params ({len(bad)} array(s), e.g. {bad[0]}): "
                     "the run diverged or the file is damaged; use an earlier checkpoint.")
   model = build_model(config)
+  if kind == "export":  # a file from elsewhere: every name, shape and dtype as the model's
+    expected = {"params": trainable_shapes(model)}
+    found = {"params": trainable or {}}
+    if encoder is not None:
+      expected["encoder"] = jax.eval_shape(encoders.get(model.encoder_variant).init_params,
+                                           jax.random.key(0))
+      found["encoder"] = encoder
+    wrong = param_differences(found, expected)
+    if wrong:
+      raise LoadError(f"{path!r} does not hold the params of the model its config describes "
+                      f"({len(wrong)} differ, e.g. {wrong[0]}): re-export it with "
+                      "tools/export_numpy.py or tools/convert_solv_checkpoint.py.")
   if encoder is not None:
     source = f"{path} (exported)"
   elif with_encoder_params:

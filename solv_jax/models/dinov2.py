@@ -443,9 +443,9 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], variant: str) -> di
 def save_params(path: str, params: Mapping, variant: str) -> None:
   """Writes params as a flat .npz ('/'-joined keys) with the variant name."""
   flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, __variant__=np.array(variant), **flat)
-  os.replace(tmp, path)
+  from solv_jax import files
+  with files.replacing(path) as tmp:  # a full disk leaves no partial file behind
+    np.savez(tmp, __variant__=np.array(variant), **flat)
 
 
 def load_params(path: str, expected_variant: str | None = None) -> tuple[str, dict]:

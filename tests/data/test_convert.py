@@ -372,3 +372,33 @@ def test_davis_damaged_annotation_and_frame(tmp_path):
   assert re.match(r"convert_davis.py: error: DAVIS train/v: frame 2 \S*480p/v/00002\.jpg .*"
                   r"cannot be decoded", message), message
   assert _leftovers(out, "davis17") == []
+
+
+@pytest.mark.parametrize("entry", ["../../../outside", "/abs/outside", "v/../../../../outside"])
+def test_converters_read_nothing_outside_their_root(tmp_path, entry):
+  # Listings that name paths outside --root are refused, naming the entry and the file, and
+  # nothing is written; the files out there exist, so reading them would have "worked".
+  outside = tmp_path / "outside"
+  outside.mkdir()
+  save_jpeg(str(outside / "00000.jpg"), smooth_frame(np.random.default_rng(0), 24, 32))
+  Image.fromarray(np.zeros((24, 32), np.uint8)).save(outside / "00000.png")
+  entry = entry.replace("/abs/outside", str(outside))
+
+  davis = str(tmp_path / "davis")
+  make_davis(davis, {"train": [("v", 2, (24, 32), 1)], "val": [("w", 2, (24, 32), 1)]})
+  with open(os.path.join(davis, "ImageSets", "2017", "val.txt"), "a") as f:
+    f.write(entry + "\n")
+  out = str(tmp_path / "out")
+  message = _run_tool("convert_davis.py", ["--root", davis, "--out", out, "--workers=1"])
+  assert "not a path inside the dataset root" in str(message) and entry in str(message)
+  assert "val.txt" in str(message) and _leftovers(out, "davis17") == []
+
+  ytvis = str(tmp_path / "ytvis")
+  make_ytvis(ytvis, {"train": [("a", 2, (24, 32), 1)], "valid": [("b", 2, (24, 32), 0)]})
+  json_path = os.path.join(ytvis, "valid", "valid.json")
+  meta = json.load(open(json_path))
+  meta["videos"][0]["file_names"][1] = entry + "/00000.jpg"
+  json.dump(meta, open(json_path, "w"))
+  with pytest.raises(ValueError, match="not a path inside the dataset root") as e:
+    convert.convert_ytvis(ytvis, out, splits=("train", "valid"), workers=1)
+  assert "valid.json" in str(e.value) and _leftovers(out, "ytvis19") == []

@@ -114,3 +114,37 @@ def test_shading_scales_object_colours_by_lambert_and_changes_nothing_else():
   centre = shaded[0, int(round(cy)), int(round(cx))].astype(float).mean()
   factor = centre / colour.mean()
   assert 0.2 + 0.8 * np.cos(1.05) - 0.05 <= factor <= 0.2 + 0.8 * np.cos(0.45) + 0.05
+
+
+def test_a_built_dataset_is_read_without_any_write(synthetic_dir, data_config, monkeypatch):
+  # A complete dataset shared on a read-only mount: every write fails (injected, since tests
+  # may run as root), yet the data check and both readers work.
+  import builtins
+  from solv_jax.data import pipeline
+  real_open = builtins.open
+
+  def read_only(file, mode="r", *args, **kwargs):
+    if any(c in mode for c in "wax+"):
+      raise PermissionError(13, "Read-only file system", str(file))
+    return real_open(file, mode, *args, **kwargs)
+
+  def no_dirs(path, *args, **kwargs):
+    raise PermissionError(13, "Read-only file system", str(path))
+
+  monkeypatch.setattr(builtins, "open", read_only)
+  monkeypatch.setattr(os, "makedirs", no_dirs)
+  cfg = data_config(data_dir=synthetic_dir, synthetic=TINY_SYNTHETIC, num_context=1)
+  assert "train train (6 videos)" in pipeline.check_data(cfg)
+  assert len(list(pipeline.eval_videos(cfg))) == 3
+  it = pipeline.make_train_iterator(cfg, 2, 0, 1)
+  assert next(it)["video"].shape == (2, 3, 28, 42, 3)
+  it.close()
+
+
+def test_building_says_it_writes_and_downloads_nothing(tmp_path, capfd):
+  cfg = synthetic.config_from(dict(num_train=1, num_validation=1, num_frames=2, height=16,
+                                   width=16, min_objects=1, max_objects=1))
+  synthetic.build(cfg, str(tmp_path))
+  out = capfd.readouterr().out
+  assert "Writing the synthetic dataset to" in out and "nothing is downloaded" in out, out
+  assert "Downloading" not in out and "download:" not in out, out

@@ -40,6 +40,9 @@ def locate(data_config) -> tuple[str, str, str]:
   dataset = get(data_config.name)
   data_dir = data_config.data_dir or default_data_dir()
   data_dir = os.path.expanduser(data_dir) if "://" not in data_dir else data_dir
+  if "://" not in data_dir and os.path.exists(data_dir) and not os.path.isdir(data_dir):
+    raise NotADirectoryError(f"config.data.data_dir {data_dir!r} is a file, not a folder; "
+                             "point it at the folder that holds (or will hold) the dataset.")
   return dataset.name, data_dir, dataset.locate(data_config, data_dir)
 
 

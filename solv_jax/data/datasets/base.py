@@ -51,6 +51,10 @@ class Dataset:
     """Training videos of `split` held out so that evaluation is disjoint from training."""
     return set()
 
+  def planned_frames(self, data_config) -> int:
+    """For a dataset built on first use: the frames of its longest video, before building."""
+    raise NotImplementedError
+
   def not_built(self, data_config, data_dir: str, path: str, splits: list[str]) -> str | None:
     """For a dataset built on first use: the summary line while it is not built yet (after
     checking that `splits` exist), else None."""

@@ -2,6 +2,7 @@
 data_dir/synthetic/<tag>/1.0.0 from config.data.synthetic, so no download is needed."""
 from __future__ import annotations
 
+from solv_jax import files
 from solv_jax.data import synthetic
 from solv_jax.data.datasets.base import Dataset, register
 from solv_jax.data.sources import VideoSource
@@ -15,11 +16,22 @@ class Synthetic(Dataset):
 
   def open(self, data_config, data_dir: str, path: str) -> VideoSource:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    path = synthetic.build(synthetic.config_from(data_config.synthetic), data_dir)
+    try:
+      path = synthetic.build(synthetic.config_from(data_config.synthetic), data_dir)
+    except Exception as e:  # noqa: BLE001 - TF and the OS report a full disk differently
+      problem = files.write_problem(e)
+      if problem is None:
+        raise
+      raise OSError(f"Cannot build the synthetic dataset at {path}: {problem}; nothing "
+                    "partial is left. Free space, or set config.data.data_dir to another "
+                    "folder.") from None
     return VideoSource(self.name, tfds.builder_from_directory(path), path)
 
   def fix(self, data_config, data_dir: str, path: str) -> str:
     return f"Delete {path}; it is rebuilt on the next run."
+
+  def planned_frames(self, data_config) -> int:
+    return synthetic.config_from(data_config.synthetic).num_frames
 
   def not_built(self, data_config, data_dir: str, path: str, splits: list[str]) -> str | None:
     if synthetic.is_built(synthetic.config_from(data_config.synthetic), data_dir):
