@@ -31,6 +31,7 @@ import shutil
 import time
 
 import jax
+from absl import logging as absl_logging
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -42,6 +43,51 @@ REJECTED = "rejected"
 
 class CheckpointError(RuntimeError):
   pass
+
+
+def _not_orbax_write_failure(record) -> bool:
+  """Orbax logs a save that a full or read-only disk stopped, with its traceback, from each of
+  its threads; `Checkpoints.wait` reports it once, as one line (CheckpointError)."""
+  if record.levelno < 40 or "orbax" not in str(getattr(record, "pathname", "")):
+    return True
+  text = str(record.msg) % record.args if record.args else str(record.msg)
+  if record.exc_info and record.exc_info[1] is not None:
+    text += str(record.exc_info[1])
+  return files.write_problem(RuntimeError(text)) is None
+
+
+absl_logging.get_absl_logger().addFilter(_not_orbax_write_failure)
+
+
+def quiet_closed_event_loops() -> None:
+  """After a failed asynchronous save, tensorstore's remaining callbacks find orbax's asyncio
+  loop closed and report 'RuntimeError: Event loop is closed' hundreds of times, and asyncio
+  logs each failed write again at exit. Only those are dropped (entry points call this); the
+  save's failure itself is reported once by `Checkpoints.wait`."""
+  import logging
+  import sys
+
+  def closed_loop(value) -> bool:
+    return isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+
+  previous, previous_unraisable = sys.excepthook, sys.unraisablehook
+
+  def hook(kind, value, tb):
+    if not closed_loop(value):
+      previous(kind, value, tb)
+
+  def unraisable(info):
+    if not closed_loop(info.exc_value):
+      previous_unraisable(info)
+
+  def not_a_failed_write(record) -> bool:
+    text = record.getMessage() + str(record.exc_info[1] if record.exc_info else "")
+    for key in ("exception", "future", "message"):  # asyncio's "never retrieved" context
+      text += str(getattr(record, key, ""))
+    return files.write_problem(RuntimeError(text)) is None
+
+  sys.excepthook, sys.unraisablehook = hook, unraisable
+  logging.getLogger("asyncio").addFilter(not_a_failed_write)
 
 
 class ShapeMismatchError(CheckpointError):

@@ -207,7 +207,8 @@ def main(argv):
   sharding.keep_host_memory(config.keep_host_memory)
   if config.train.distributed:
     initialize_distributed()
-  from solv_jax import train
+  from solv_jax import checkpoints, train
+  checkpoints.quiet_closed_event_loops()  # a full disk: one line, not tensorstore's noise
   logging.info("Config:\n%s", config)
   try:
     run(config, workdir, flags.FLAGS.mode)
