@@ -66,7 +66,8 @@ def write_problem(error: BaseException) -> str | None:
     if isinstance(seen, OSError) and seen.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
       return "the folder is read-only or not writable"
     text = str(seen)
-    if "No space left" in text or "RESOURCE_EXHAUSTED" in text or "Disk quota" in text:
+    if any(s in text for s in ("No space left", "RESOURCE_EXHAUSTED", "Disk quota",
+                               "Not enough disk space")):
       return "the disk is full"
     if "Read-only file system" in text or "Permission denied" in text:
       return "the folder is read-only or not writable"

@@ -124,9 +124,10 @@ def main(argv=None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 1
   except OSError as e:  # a full or read-only --out
-    print(f"error: cannot write --out {args.out!r}: {e.strerror or e} ({e.filename or ''}). "
-          "Free space or choose a writable folder; the outputs written are listed in its "
-          f"{outputs.MANIFEST}.", file=sys.stderr, flush=True)
+    where = f" ({e.filename})" if e.filename else ""
+    print(f"error: cannot write --out {args.out!r}: {e.strerror or e}{where}. Free space or "
+          "choose a writable folder, then run again (with --overwrite if it kept some "
+          "outputs).", file=sys.stderr, flush=True)
     return 1
   except KeyboardInterrupt:
     print(f"error: interrupted (Ctrl-C); {args.out} holds no summary.json of this run.",
