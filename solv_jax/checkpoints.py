@@ -45,15 +45,20 @@ class CheckpointError(RuntimeError):
   pass
 
 
+def _logs_a_failed_write(record) -> bool:
+  """Whether a log record is about a write that a full or read-only disk stopped: its
+  message, its exception and asyncio's "never retrieved" context."""
+  text = record.getMessage() + str(record.exc_info[1] if record.exc_info else "")
+  for key in ("exception", "future", "message"):
+    text += str(getattr(record, key, ""))
+  return files.problem_in_text(text) is not None
+
+
 def _not_orbax_write_failure(record) -> bool:
   """Orbax logs a save that a full or read-only disk stopped, with its traceback, from each of
   its threads; `Checkpoints.wait` reports it once, as one line (CheckpointError)."""
-  if record.levelno < 40 or "orbax" not in str(getattr(record, "pathname", "")):
-    return True
-  text = str(record.msg) % record.args if record.args else str(record.msg)
-  if record.exc_info and record.exc_info[1] is not None:
-    text += str(record.exc_info[1])
-  return files.write_problem(RuntimeError(text)) is None
+  return (record.levelno < 40 or "orbax" not in str(getattr(record, "pathname", ""))
+          or not _logs_a_failed_write(record))
 
 
 absl_logging.get_absl_logger().addFilter(_not_orbax_write_failure)
@@ -80,14 +85,8 @@ def quiet_closed_event_loops() -> None:
     if not closed_loop(info.exc_value):
       previous_unraisable(info)
 
-  def not_a_failed_write(record) -> bool:
-    text = record.getMessage() + str(record.exc_info[1] if record.exc_info else "")
-    for key in ("exception", "future", "message"):  # asyncio's "never retrieved" context
-      text += str(getattr(record, key, ""))
-    return files.write_problem(RuntimeError(text)) is None
-
   sys.excepthook, sys.unraisablehook = hook, unraisable
-  logging.getLogger("asyncio").addFilter(not_a_failed_write)
+  logging.getLogger("asyncio").addFilter(lambda record: not _logs_a_failed_write(record))
 
 
 class ShapeMismatchError(CheckpointError):

@@ -65,11 +65,18 @@ def write_problem(error: BaseException) -> str | None:
       return "the disk is full"
     if isinstance(seen, OSError) and seen.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
       return "the folder is read-only or not writable"
-    text = str(seen)
-    if any(s in text for s in ("No space left", "RESOURCE_EXHAUSTED", "Disk quota",
-                               "Not enough disk space")):
-      return "the disk is full"
-    if "Read-only file system" in text or "Permission denied" in text:
-      return "the folder is read-only or not writable"
+    problem = problem_in_text(str(seen))
+    if problem is not None:
+      return problem
     seen = seen.__cause__ or seen.__context__
+  return None
+
+
+def problem_in_text(text: str) -> str | None:
+  """`write_problem` for a message alone (a log record's text, an error's message)."""
+  if any(s in text for s in ("No space left", "RESOURCE_EXHAUSTED", "Disk quota",
+                             "Not enough disk space")):
+    return "the disk is full"
+  if "Read-only file system" in text or "Permission denied" in text:
+    return "the folder is read-only or not writable"
   return None

@@ -103,10 +103,8 @@ def run(config, workdir: str, mode: str) -> dict | None:
     except ValueError as e:
       raise schema.ConfigError(str(e)) from None
   try:
-    _print("Data: " + pipeline.check_data(config, mode))
-    if training:  # a dataset built on first use is built now, before the workdir is written
-      from solv_jax.data import datasets
-      datasets.open_source(config.data)
+    # A dataset built on first use is built now, before the workdir is written.
+    _print("Data: " + pipeline.check_data(config, mode, build=training))
   except (OSError, ValueError) as e:
     raise DataError(str(e)) from None
   if not config.model.encoder_weights:

@@ -575,6 +575,11 @@ def _m(key, what, who, video, pool, *show, davis=False) -> Metric:
   return Metric(key, what, who, video, pool, davis, frozenset(show))
 
 
+def _davis(key, what, who, *show) -> Metric:
+  """A DAVIS J&F row: the video's value from its DAVIS statistics, pooled over all objects."""
+  return _m(key, what, who, lambda v: v.davis[key], _pooled_davis(key), *show, davis=True)
+
+
 METRICS: tuple[Metric, ...] = (
     _m("fg_ari", "FG-ARI per frame, raw prediction", "SOLV on MOVi-E",
        lambda v: _frame_fg_ari(v.fg), _mean_over_videos("fg_ari"),
@@ -594,25 +599,16 @@ METRICS: tuple[Metric, ...] = (
        "summary", "per_video", "sweep"),
     _m("frame_mbo", "mBO per frame (image-level)", "image methods, e.g. DINOSAUR",
        lambda v: _frame_mbo(v.c), _mean_over_videos("frame_mbo"), "summary", "per_video"),
-    _m("jf_mean", "DAVIS J&F-Mean, unsupervised task", "DAVIS 2017, VOS literature",
-       lambda v: v.davis["jf_mean"], _pooled_davis("jf_mean"), "summary", "per_video",
-       davis=True),
-    _m("j_mean", "DAVIS J (region IoU): mean", "DAVIS 2017", lambda v: v.davis["j_mean"],
-       _pooled_davis("j_mean"), "per_video", davis=True),
-    _m("j_recall", "DAVIS J: recall (frames with J > 0.5)", "DAVIS 2017", lambda v: v.davis["j_recall"],
-       _pooled_davis("j_recall"), davis=True),
-    _m("j_decay", "DAVIS J: decay (first - last quarter)", "DAVIS 2017", lambda v: v.davis["j_decay"],
-       _pooled_davis("j_decay"), davis=True),
-    _m("f_mean", "DAVIS F (boundary F-measure): mean", "DAVIS 2017", lambda v: v.davis["f_mean"],
-       _pooled_davis("f_mean"), "per_video", davis=True),
-    _m("f_recall", "DAVIS F: recall (frames with F > 0.5)", "DAVIS 2017", lambda v: v.davis["f_recall"],
-       _pooled_davis("f_recall"), davis=True),
-    _m("f_decay", "DAVIS F: decay (first - last quarter)", "DAVIS 2017", lambda v: v.davis["f_decay"],
-       _pooled_davis("f_decay"), davis=True),
-    _m("jf_recall", "(J + F) / 2 of the recalls", "not in the official table",
-       lambda v: v.davis["jf_recall"], _pooled_davis("jf_recall"), davis=True),
-    _m("jf_decay", "(J + F) / 2 of the decays", "not in the official table",
-       lambda v: v.davis["jf_decay"], _pooled_davis("jf_decay"), davis=True),
+    _davis("jf_mean", "DAVIS J&F-Mean, unsupervised task", "DAVIS 2017, VOS literature",
+           "summary", "per_video"),
+    _davis("j_mean", "DAVIS J (region IoU): mean", "DAVIS 2017", "per_video"),
+    _davis("j_recall", "DAVIS J: recall (frames with J > 0.5)", "DAVIS 2017"),
+    _davis("j_decay", "DAVIS J: decay (first - last quarter)", "DAVIS 2017"),
+    _davis("f_mean", "DAVIS F (boundary F-measure): mean", "DAVIS 2017", "per_video"),
+    _davis("f_recall", "DAVIS F: recall (frames with F > 0.5)", "DAVIS 2017"),
+    _davis("f_decay", "DAVIS F: decay (first - last quarter)", "DAVIS 2017"),
+    _davis("jf_recall", "(J + F) / 2 of the recalls", "not in the official table"),
+    _davis("jf_decay", "(J + F) / 2 of the decays", "not in the official table"),
     _m("num_videos", "videos scored", "", None, len, "summary"),
     _m("num_objects", "ground-truth objects (mIoU)", "", None,
        lambda results: int(_objects(results).size)),

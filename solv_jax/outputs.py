@@ -121,7 +121,8 @@ def check_out_dir(out_dir: str, overwrite: bool, *, manifest: bool = False) -> N
         f"--out {out_dir!r} is a symbolic link to {os.path.realpath(out_dir)!r}; --overwrite "
         "replaces files only in a folder given as itself: pass the target folder.")
   if entries and manifest:
-    foreign = [n for n in _present_outputs(out_dir) if n not in _listed(out_dir)]
+    listed = _listed(out_dir)
+    foreign = [n for n in _present_outputs(out_dir) if n not in listed]
     if foreign:
       raise OutputError(
           f"--out {out_dir!r} holds {len(foreign)} file(s) with this command's output names "

@@ -38,8 +38,9 @@ under --out:
                         token grid (h, w) = token_grid, before upsampling; token_grid (2,).
                         Rows where valid is False hold whatever the decoder left: ignore them.
   overlay.gif           the frames tinted with their track colours, longer side at most
-                        480 px (outputs.GIF_MAX_SIDE), looping, at most 200 frames (outputs.GIF_MAX_FRAMES):
-                        a longer video's GIF shows every k-th frame, each shown k times as long
+                        480 px (outputs.GIF_MAX_SIDE), looping, at most 200 frames
+                        (outputs.GIF_MAX_FRAMES): a longer video's GIF shows every k-th
+                        frame, each shown k times as long
                         (summary.json: overlay_gif_stride = k, overlay_gif_frames).
   overlay.mp4           the same at the video's size (padded to even sizes), every frame, H.264,
                         when imageio-ffmpeg is installed.

@@ -636,19 +636,21 @@ def _check_window(data_config, longest: int, what: str) -> None:
                      "videos.")
 
 
-def check_data(config, mode: str = "train_and_eval") -> str:
+def check_data(config, mode: str = "train_and_eval", build: bool = False) -> str:
   """Fails fast when the dataset of config.data cannot serve `mode`; else a summary line.
 
   Meant to run first, before any model set-up, so that a wrong data_dir or
   unconverted records end the run in seconds with one line. Reads only
-  metadata (dataset_info.json, the index) and stats the shards; builds
-  nothing: the embedded synthetic dataset, when not yet built, is reported as
-  built on first use. Raises FileNotFoundError, OSError or ValueError with a
-  one-line message.
+  metadata (dataset_info.json, the index) and stats the shards. A dataset built
+  on first use (the embedded synthetic one) is reported as such, or, with
+  `build`, built here and then checked like the others (the entry point builds it
+  before it writes the workdir). Raises FileNotFoundError, OSError or ValueError
+  with a one-line message.
 
   Args:
     config: the full config or config.data.
     mode: 'train', 'eval' or 'train_and_eval': which splits must exist.
+    build: build a dataset that is built on first use, if it is not yet.
   """
   if mode not in ("train", "eval", "train_and_eval"):
     raise ValueError(f"mode must be 'train', 'eval' or 'train_and_eval', got {mode!r}.")
@@ -662,8 +664,9 @@ def check_data(config, mode: str = "train_and_eval") -> str:
     if mode != "eval":
       _check_window(data_config, datasets.get(name).planned_frames(data_config),
                     f"every video {name} would build")
-    return not_built
-  source = datasets.open_source(data_config)  # built or converted: opens metadata only
+    if not build:
+      return not_built
+  source = datasets.open_source(data_config)  # opens metadata only (or builds, with `build`)
   parts = []
   if mode != "eval":
     for split in train_splits:

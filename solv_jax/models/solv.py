@@ -37,8 +37,8 @@ class SOLV(nn.Module):
   """video (B, F, H, W, 3), frame_mask (B, F) -> dict (see __call__).
 
   Params: 'encoder' (the frozen encoder of encoder_variant's entry), 'spatial_binding',
-  'temporal_binding' (if used), 'decoder'. RNG streams: 'token_drop' and 'dropout' in training, 'merge' when
-  0 < merge_prob < 1 (or traced).
+  'temporal_binding' (if used), 'decoder'. RNG streams: 'token_drop' and 'dropout' in
+  training, 'merge' when 0 < merge_prob < 1 (or traced).
   """
   resolution: tuple[int, int]  # (H, W) input size, multiples of the encoder's patch size
   num_frames: int = 5  # F = 2n + 1
