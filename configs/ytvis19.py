@@ -3,6 +3,7 @@
 Convert the raw dataset first: python tools/convert_ytvis.py --root RAW --out DATA_DIR
 then: python -m solv_jax.main --config=configs/ytvis19.py --config.data.data_dir=DATA_DIR \
       --config.model.encoder_weights=dinov2_vitb14.npz --workdir=WORKDIR
+DINOv3 instead: --config=configs/ytvis19.py:encoder=dinov3_vitb16 (336x512; docs/TRAINING.md).
 """
 from solv_jax import schema
 

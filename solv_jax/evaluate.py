@@ -252,7 +252,8 @@ def prepare(fv):
   from solv_jax import inference
   loaded = inference.load_model(checkpoint, step=fv.step)
   step = "" if loaded.info["step"] is None else f", step {loaded.info['step']}"
-  print(f"Model: {checkpoint} ({loaded.info['kind']}{step}); DINOv2: "
+  print(f"Model: {checkpoint} ({loaded.info['kind']}{step}); encoder "
+        f"{loaded.info['encoder']}: "
         f"{loaded.info['encoder_weights']}; device: {loaded.info['device']}", flush=True)
   info = {"path": os.path.abspath(checkpoint), "kind": loaded.info["kind"],
           "step": loaded.info["step"], "encoder_weights": loaded.info["encoder_weights"],

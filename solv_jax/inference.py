@@ -183,7 +183,8 @@ def load_model(checkpoint: str, resolution: tuple[int, int] | None = None, *,
     raise InferenceError(str(e)) from e
   check_resolution(loaded.config, resolution, checkpoint)
   if not loaded.config.model.encoder_weights:
-    print("Note: this model was trained with a RANDOMLY initialised DINOv2 "
+    family = loaded.model.encoder_spec.family
+    print(f"Note: this model was trained with a RANDOMLY initialised {family} "
           "(config.model.encoder_weights was empty).", flush=True)
   info = dict(checkpoint=os.path.abspath(checkpoint), kind=loaded.kind, step=loaded.step)
   return _loaded_model(loaded.config, loaded.model, loaded.params, loaded.encoder_source, info)

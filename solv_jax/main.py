@@ -92,7 +92,7 @@ def run(config, workdir: str, mode: str) -> dict | None:
   from solv_jax import schema
   from solv_jax import checkpoints, evaluation, export, train, workdir as workdir_lib
   from solv_jax.data import pipeline
-  from solv_jax.models import build
+  from solv_jax.models import build, encoders
 
   schema.validate(config)
   training = mode in ("train", "train_and_eval")
@@ -107,11 +107,12 @@ def run(config, workdir: str, mode: str) -> dict | None:
     _print("Data: " + pipeline.check_data(config, mode, build=training))
   except (OSError, ValueError) as e:
     raise DataError(str(e)) from None
+  family = encoders.get(config.model.encoder_variant).family
   if not config.model.encoder_weights:
-    _print("Note: config.model.encoder_weights is empty, so DINOv2 is RANDOMLY initialised "
+    _print(f"Note: config.model.encoder_weights is empty, so {family} is RANDOMLY initialised "
            "(no download needed). Pass converted weights for the paper's results.")
   if config.model.encoder_blocks:
-    _print(f"Note: only the first {config.model.encoder_blocks} DINOv2 block(s) run "
+    _print(f"Note: only the first {config.model.encoder_blocks} {family} block(s) run "
            "(config.model.encoder_blocks; 0 = all, as in the paper).")
   model = build.build_model(config)
   with workdir_lib.lock(workdir, enabled=training and jax.process_index() == 0):
@@ -208,8 +209,15 @@ def main(argv):
   sharding.keep_host_memory(config.keep_host_memory)
   if config.train.distributed:
     initialize_distributed()
-  from solv_jax import checkpoints, train
+  from solv_jax import checkpoints, schema, train
   checkpoints.quiet_closed_event_loops()  # a full disk: one line, not tensorstore's noise
+  overrides = config_flags.get_override_values(flags.FLAGS["config"])
+  if "model.encoder_variant" in overrides and "data.resolution" not in overrides:
+    old = schema.fit_resolution(config)  # e.g. DINOv3's patch 16 on a DINOv2 recipe
+    if old:
+      _print(f"config.data.resolution {old} -> {tuple(config.data.resolution)}: the nearest "
+             f"multiples of {config.model.encoder_variant}'s patch size (set "
+             f"--config.data.resolution to choose another)")
   logging.info("Config:\n%s", config)
   try:
     run(config, workdir, flags.FLAGS.mode)

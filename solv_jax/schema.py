@@ -9,8 +9,10 @@ e.g. `--config=configs/ytvis19.py:model=C,slots=12,encoder=vits14,drop=0.3`:
            model.use_temporal_binding and model.use_merge
   slots    number of slots K (Table 4): model.num_slots
   merge    0/1 to switch slot merging off/on (Table 4): model.use_merge
-  encoder  DINOv2 variant: vits14, vitb14, vitl14, vitg14 and *_reg (Table 5):
-           model.encoder_variant
+  encoder  an encoder of solv_jax/models/encoders.py: DINOv2 vits14, vitb14, vitl14, vitg14
+           and *_reg (Table 5), or DINOv3 dinov3_vits16, dinov3_vitb16, dinov3_vitl16, ...:
+           model.encoder_variant; the recipe's resolution becomes the nearest multiples of
+           that encoder's patch size (fit_resolution: 336x504 -> 336x512 for patch 16)
   drop     token drop ratio (Fig. 7): model.token_drop
 """
 import importlib.util
@@ -64,7 +66,8 @@ def get_config(arg=None, recipe=None):
       name="ytvis19",            # synthetic | movi_e | ytvis19 | davis17
       tfds_name="ytvis19",
       data_dir="",               # where the TFDS dataset lives (local path or gs://)
-      resolution=(336, 504),     # model input (H, W), multiples of the patch size (14)
+      resolution=(336, 504),     # model input (H, W), multiples of the patch size (14; 16 for
+      #                            DINOv3: the encoder= argument fits it, 336x512)
       num_context=2,             # n: window t-n..t+n, F = 2n+1 frames
       train_split="train",
       eval_split="train",
@@ -78,7 +81,9 @@ def get_config(arg=None, recipe=None):
   # (read by solv_jax/models/build.py).
   config.model = ml_collections.ConfigDict(dict(
       encoder_variant="vitb14",  # models/encoders.py: vits14 | vitb14 | vitl14 | vitg14 (+ _reg)
-      encoder_weights="",        # converted params file (tools/convert_dinov2.py); '' = random
+      #                            | dinov3_vits16 | dinov3_vitb16 | dinov3_vitl16 | ...
+      encoder_weights="",        # converted params file (tools/convert_dinov2.py or
+      #                            tools/convert_dinov3.py); '' = random
       encoder_dtype="float32",   # float32 | bfloat16 (the encoder's forward only)
       compute_dtype="float32",   # float32 | bfloat16: trainable per-token layers (params f32)
       encoder_blocks=0,          # 0 = all blocks (paper); L = use block L's tokens
@@ -137,9 +142,30 @@ def get_config(arg=None, recipe=None):
     config.model.use_merge = bool(args.merge)
   if args.encoder:
     config.model.encoder_variant = args.encoder
+    fit_resolution(config)
   if args.drop >= 0:
     config.model.token_drop = args.drop
   return config
+
+
+def fit_resolution(config):
+  """Sets config.data.resolution to the nearest multiples of the patch size of
+  config.model.encoder_variant (a tie rounds up: 504 -> 512 for patch 16) when it is not a
+  multiple already. Returns the resolution it replaced, or None if it fit (or the encoder is
+  unknown: validate() reports that)."""
+  from solv_jax.models import encoders
+  spec = encoders.ENCODERS.get(config.model.encoder_variant)
+  try:
+    old = tuple(int(r) for r in config.data.resolution)
+  except (TypeError, ValueError):  # not (H, W) ints: validate() reports it
+    return None
+  if spec is None or len(old) != 2:
+    return None
+  new = spec.fit(old)
+  if new == old:
+    return None
+  config.data.resolution = new
+  return old
 
 
 def load_recipe(path: str):
@@ -259,7 +285,7 @@ def validate(config) -> None:
     try:
       spec.grid(res)
     except ValueError:
-      fit = tuple(max(1, round(r / patch)) * patch for r in res)
+      fit = spec.fit(res)
       res_ok = False
       check(False, "data.resolution", res,
             f"H and W must be multiples of the {spec.family} patch size {patch}; e.g. "

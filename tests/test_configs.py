@@ -70,6 +70,18 @@ def test_table3_models_from_the_config_argument(model, expected):
           c.model.use_temporal_binding) == expected
 
 
+@pytest.mark.parametrize("name,expected", [("ytvis19", (336, 512)), ("davis17", (336, 512)),
+                                           ("movi_e", (336, 336)), ("demo", (112, 112))])
+def test_the_encoder_argument_fits_the_resolution_to_the_patch_size(name, expected):
+  recipe = importlib.import_module(f"configs.{name}")
+  c = recipe.get_config("encoder=dinov3_vitb16")
+  assert c.model.encoder_variant == "dinov3_vitb16" and tuple(c.data.resolution) == expected
+  schema.validate(c)
+  # a DINOv2 encoder keeps the recipe's resolution, a multiple of 14 already
+  assert tuple(recipe.get_config("encoder=vits14").data.resolution) == tuple(
+      recipe.get_config().data.resolution)
+
+
 def test_ablation_arguments_and_unknown_argument():
   c = importlib.import_module("configs.ytvis19").get_config("slots=12,merge=0,encoder=vits14,drop=0.3")
   assert (c.model.num_slots, c.model.use_merge, c.model.encoder_variant,

@@ -170,6 +170,28 @@ def test_config_override_with_an_old_key_name_names_the_new_one(tmp_path):
   assert not os.listdir(tmp_path)
 
 
+def test_an_encoder_override_fits_the_recipes_resolution_unless_one_is_given(tmp_path):
+  """--config.model.encoder_variant on a DINOv2 recipe: its 336x504 becomes 336x512 for
+  DINOv3's patch 16, said in one line; an explicit --config.data.resolution is left as given
+  (and one that does not fit is refused, naming the fit). Stops at the missing dataset."""
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  base = [sys.executable, "-m", "solv_jax.main", "--config=configs/ytvis19.py",
+          "--config.model.encoder_variant=dinov3_vitb16",
+          f"--config.data.data_dir={tmp_path / 'no_data'}", f"--workdir={tmp_path / 'w'}"]
+  res = subprocess.run(base, capture_output=True, text=True, timeout=300, cwd=repo)
+  assert ("config.data.resolution (336, 504) -> (336, 512): the nearest multiples of "
+          "dinov3_vitb16's patch size") in res.stdout
+  assert res.returncode == 1 and "no_data" in res.stderr.strip().splitlines()[-1]
+  res = subprocess.run(base + ["--config.data.resolution=(336, 504)"], capture_output=True,
+                       text=True, timeout=300, cwd=repo)
+  assert res.returncode == 1 and "->" not in res.stdout
+  assert res.stderr.strip().splitlines()[-1].endswith(
+      "--config.data.resolution='(336, 512)'.")
+  assert not os.path.exists(tmp_path / "w")
+
+
 def test_save_config_reports_what_changed_since_the_stored_config(tmp_path):
   from configs import demo
   config = demo.get_config()

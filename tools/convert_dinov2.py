@@ -19,10 +19,13 @@ import numpy as np
 from solv_jax.models import dinov2
 
 
-def read_state_dict(path: str) -> dict[str, np.ndarray]:
+def read_state_dict(path: str, hint: str | None = None) -> dict[str, np.ndarray]:
+  """A checkpoint's tensors as float32 numpy arrays: a .safetensors file, or a torch pickle
+  read with weights_only=True (tensors only, no code runs); {'model': sd} is unwrapped.
+  `hint` says how to obtain the file when it is missing."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"--src {path!r} does not exist.\n"
-                            + dinov2.CONVERT_HINT.format(variant="vitb14"))
+                            + (hint or dinov2.CONVERT_HINT.format(variant="vitb14")))
   if path.endswith(".safetensors"):
     from safetensors.numpy import load_file
     return load_file(path)

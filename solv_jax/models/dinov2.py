@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
@@ -18,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from solv_jax.models import weights_file
 from solv_jax.models.token_drop import num_kept_tokens, sample_keep_idx  # noqa: F401
 
 PATCH_SIZE = 14
@@ -425,50 +425,17 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], variant: str) -> di
   if is_hf:
     sd = _hf_to_official(sd)
   flat = _official_to_flat(sd, cfg["depth"], cfg["ffn"])
-  expected = param_shapes(variant)
-  for name, shape in expected.items():
-    if name not in flat:
-      raise KeyError(f"Checkpoint has no tensor for {name!r} (expected shape {shape}); "
-                     f"is --variant {variant!r} right?")
-    if tuple(flat[name].shape) != shape:
-      raise ValueError(f"Shape mismatch for {name!r}: checkpoint has {tuple(flat[name].shape)},"
-                       f" variant {variant!r} expects {shape}.")
-  extra = sorted(set(flat) - set(expected))
-  if extra:
-    raise KeyError(f"Checkpoint has tensors {extra} that variant {variant!r} does not have.")
-  return traverse_util.unflatten_dict(
-      {tuple(k.split("/")): v.astype(np.float32) for k, v in flat.items()})
+  return weights_file.check_and_unflatten(flat, param_shapes(variant), variant)
 
 
 def save_params(path: str, params: Mapping, variant: str) -> None:
   """Writes params as a flat .npz ('/'-joined keys) with the variant name."""
-  flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
-  from solv_jax import files
-  with files.replacing(path) as tmp:  # a full disk leaves no partial file behind
-    np.savez(tmp, __variant__=np.array(variant), **flat)
+  weights_file.save(path, params, variant)
 
 
 def load_params(path: str, expected_variant: str | None = None) -> tuple[str, dict]:
   """Reads a params file written by tools/convert_dinov2.py -> (variant, params)."""
-  if not os.path.exists(path):
-    v = expected_variant or "vitb14"
-    raise FileNotFoundError(f"DINOv2 weights file not found: {path!r}.\n"
-                            + CONVERT_HINT.format(variant=v))
-  try:
-    with np.load(path, allow_pickle=False) as f:
-      variant = str(f["__variant__"])
-      flat = {k: f[k] for k in f.files if k != "__variant__"}
-  except Exception as e:  # truncated or foreign file
-    raise ValueError(f"Cannot read DINOv2 params file {path!r} ({e}); re-create it with "
-                     "tools/convert_dinov2.py.") from e
-  if expected_variant is not None and variant != expected_variant:
-    raise ValueError(f"DINOv2 params file {path!r} holds variant {variant!r} but the config "
-                     f"asks for {expected_variant!r}; set config.model.encoder_variant="
-                     f"{variant!r} or convert the {expected_variant} weights.")
-  expected = param_shapes(variant)
-  for name, shape in expected.items():
-    if name not in flat or tuple(flat[name].shape) != shape:
-      got = tuple(flat[name].shape) if name in flat else "missing"
-      raise ValueError(f"DINOv2 params file {path!r} is not a valid {variant} file: {name!r} is "
-                       f"{got}, expected {shape}.")
-  return variant, traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
+  return weights_file.load(path, family="DINOv2", expected_variant=expected_variant,
+                           default_variant="vitb14", shapes=param_shapes,
+                           hint=lambda v: CONVERT_HINT.format(variant=v),
+                           tool="tools/convert_dinov2.py")

@@ -11,7 +11,8 @@ other module names a particular encoder.
   spec.grid((336, 504))                # (24, 36) patch tokens
   spec.normalize(uint8_frames, mask)   # (jnp) the floats the module takes
 
-DINOv2 with and without registers are the entries today (`vits14` ... `vitg14`, `*_reg`). A new
+The entries: DINOv2 with and without registers (`vits14` ... `vitg14`, `*_reg`) and DINOv3
+(`dinov3_vits16`, `dinov3_vits16plus`, `dinov3_vitb16`, `dinov3_vitl16`, `dinov3_vith16plus`). A new
 encoder is one module file plus `register(Encoder(...))` (see docs/ARCHITECTURE.md): a Flax
 module called as `module(images, keep_idx=None, *, drop_ratio=0.0)` on normalised images
 (B, H, W, 3) that returns (patch tokens (B, N', D) float32, kept patch indices (B, N') int32).
@@ -24,7 +25,7 @@ from typing import Any, Callable, Mapping
 import flax.linen as nn
 import jax
 
-from solv_jax.models import dinov2
+from solv_jax.models import dinov2, dinov3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,13 +44,19 @@ class Encoder:
   load_params: Callable[[str], dict]  # converted weights file -> params (errors name the file)
   weights_hint: str = ""     # how to obtain and convert the weights, for error messages
 
+  def fit(self, resolution) -> tuple[int, ...]:
+    """The nearest resolution whose sides are multiples of the patch size (a tie rounds up:
+    504 -> 512 for patch 16; at least one patch)."""
+    p = self.patch_size
+    return tuple(max(1, int(int(r) / p + 0.5)) * p for r in resolution)
+
   def grid(self, resolution) -> tuple[int, int]:
     """(H, W) pixels -> (h, w) patch tokens; ValueError if H or W is not a multiple of the
     patch size."""
     h, w = (int(r) for r in resolution)
     p = self.patch_size
     if h % p or w % p or h < p or w < p:
-      fit = (max(1, round(h / p)) * p, max(1, round(w / p)) * p)
+      fit = self.fit((h, w))
       raise ValueError(f"config.data.resolution {tuple(resolution)}: H and W must be multiples "
                        f"of the {self.family} patch size {p}; e.g. "
                        f"--config.data.resolution='{fit}'.")
@@ -112,3 +119,28 @@ def dinov2_entry(variant, name: str | None = None) -> Encoder:
 
 for _name in dinov2.VARIANTS:
   register(dinov2_entry(_name, _name))
+
+
+# ----------------------------------------------------------------------------------------------
+# DINOv3 (Simeoni et al., 2025): solv_jax/models/dinov3.py. Patch 16, RoPE, 4 registers.
+# ----------------------------------------------------------------------------------------------
+def dinov3_entry(variant, name: str | None = None) -> Encoder:
+  """The entry of a DINOv3 variant: a name of dinov3.VARIANTS, or a dict of its sizes."""
+  name = name or variant
+  sizes = dinov3.variant_config(variant)
+
+  def load(path: str) -> dict:
+    return dinov3.load_params(path, expected_variant=variant)[1]
+
+  return Encoder(
+      name=name, family="DINOv3", patch_size=dinov3.PATCH_SIZE, width=sizes["embed_dim"],
+      depth=sizes["depth"], mean=dinov3.IMAGENET_MEAN, std=dinov3.IMAGENET_STD, token_drop=True,
+      module=lambda dtype, num_blocks: dinov3.DINOv3(variant, dtype=dtype,
+                                                     num_blocks=num_blocks),
+      init_params=lambda rng: dinov3.init_params(variant, rng),
+      load_params=load,
+      weights_hint=dinov3.hint(variant) if name in dinov3.VARIANTS else "")
+
+
+for _name in dinov3.VARIANTS:
+  register(dinov3_entry(_name, _name))

@@ -85,3 +85,83 @@ def test_a_new_encoder_is_one_registered_entry(monkeypatch):
   np.testing.assert_allclose(  # the target is the middle frame's features of this encoder
       out["target"], PatchMean().apply({"params": encoder}, frames[:, 2])[0], rtol=1e-6)
   assert np.isfinite(float(out["loss"]))
+
+
+# Oquab et al. 2025 (DINOv3) / the official hub: width, blocks; patch 16, 4 registers each.
+PUBLISHED_V3 = {"dinov3_vits16": (384, 12), "dinov3_vits16plus": (384, 12),
+                "dinov3_vitb16": (768, 12), "dinov3_vitl16": (1024, 24),
+                "dinov3_vith16plus": (1280, 32)}
+
+
+def test_dinov3_entries_have_the_published_sizes():
+  for name, (width, depth) in PUBLISHED_V3.items():
+    spec = encoders.get(name)
+    assert (spec.family, spec.patch_size, spec.width, spec.depth, spec.token_drop) == (
+        "DINOv3", 16, width, depth, True)
+    assert spec.mean == (0.485, 0.456, 0.406) and spec.std == (0.229, 0.224, 0.225)
+  spec = encoders.get("dinov3_vitb16")
+  assert spec.grid((336, 512)) == (21, 32)
+  assert spec.fit((336, 504)) == (336, 512) and spec.fit((336, 336)) == (336, 336)
+  assert spec.fit((40, 8)) == (48, 16)  # ties round up; at least one patch
+  with pytest.raises(ValueError, match=r"multiples of the DINOv3 patch size 16; e.g. "
+                                       r"--config.data.resolution='\(336, 512\)'"):
+    spec.grid((336, 504))
+
+
+def _tiny_step(name, **model_overrides):
+  """The tiny config on encoder `name` (its resolution fitted to the patch), its model, the
+  jitted-to-be train step function, an optimizer state and a uint8 batch."""
+  from solv_jax import train_step
+  spec = encoders.get(name)
+  config = tiny_config(encoder_variant=name, **model_overrides)
+  config.data.resolution = spec.fit((42, 56))
+  config.train.batch_size = 2
+  schema.validate(config)
+  model = build.build_model(config)
+  tx = train_step.make_optimizer(config.train)
+  h, w = config.data.resolution
+  video = np.random.default_rng(0).integers(0, 256, (2, 5, h, w, 3), dtype=np.uint8)
+  batch = {"video": video, "frame_mask": np.ones((2, 5), bool)}
+  return config, model, tx, train_step.make_train_step(model, tx, config), batch
+
+
+@pytest.mark.parametrize("name", sorted(encoders.ENCODERS))
+def test_every_entry_traces_a_train_step(name):
+  """Each registered encoder, by name, in the tiny config: validated, built, and a train step
+  traced through its module (token drop, the encoder's width into the decoder, the loss, the
+  optimizer), its first block only (encoder_blocks=1). Traced, not compiled: 15 compiles
+  would cost CI minutes; the executed steps are below and in tests/test_train.py, and the
+  modules' numbers are tested against transformers (test_dinov2.py, test_dinov3.py)."""
+  from solv_jax import train_step
+  spec = encoders.get(name)
+  config, model, tx, step_fn, batch = _tiny_step(name, encoder_blocks=1)
+  p = spec.patch_size
+  frozen = jax.eval_shape(spec.module(dtype=jnp.float32, num_blocks=1).init, jax.random.key(1),
+                          jnp.zeros((1, p, p, 3)))["params"]
+  state = jax.eval_shape(lambda: train_step.create_train_state(config, model, tx))
+  new_state, metrics = jax.eval_shape(step_fn, state, frozen, batch, jax.random.key(0))
+  assert metrics["loss"].shape == () and metrics["loss"].dtype == jnp.float32
+  assert jax.tree_util.tree_structure(new_state) == jax.tree_util.tree_structure(state)
+  grid = spec.grid(config.data.resolution)
+  out = jax.eval_shape(lambda params: model.apply(
+      {"params": params}, model.normalize(batch["video"]), batch["frame_mask"], train=True,
+      rngs={"token_drop": jax.random.key(0), "dropout": jax.random.key(1),
+            "merge": jax.random.key(2)}), {**state.params, "encoder": frozen})
+  assert out["target"].shape == (2, grid[0] * grid[1], spec.width)
+
+
+def test_dinov3_trains_a_step_in_the_tiny_config():
+  """dinov3_vits16, its full random init (build.encoder_params), one executed train step."""
+  from solv_jax import sharding, train_step
+  config, model, tx, step_fn, batch = _tiny_step("dinov3_vits16")
+  assert config.data.resolution == (48, 64) and model.grid_hw == (3, 4)
+  frozen = build.encoder_params(config, model)
+  assert frozen["storage_tokens"].shape == (1, 4, 384) and "blocks_11" in frozen
+  state = train_step.create_train_state(config, model, tx)
+  before = jax.device_get(state.params)
+  step = train_step.jit_train_step(step_fn, sharding.make_mesh(jax.devices()[:1]))
+  state, metrics = step(state, frozen, batch, jax.random.key(0))
+  assert np.isfinite(float(metrics["loss"])) and int(state.step) == 1
+  moved = [not np.array_equal(a, b) for a, b in zip(
+      jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(jax.device_get(state.params)))]
+  assert sum(moved) > len(moved) // 2
