@@ -82,8 +82,8 @@ def test_sharded_step_on_8_devices_equals_single_device():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
       print("OK")
   """)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=(
+      os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip())
   res = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
