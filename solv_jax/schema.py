@@ -154,7 +154,8 @@ def fit_resolution(config):
   multiple already. Returns the resolution it replaced, or None if it fit (or the encoder is
   unknown: validate() reports that)."""
   from solv_jax.models import encoders
-  spec = encoders.ENCODERS.get(config.model.encoder_variant)
+  variant = config.model.encoder_variant
+  spec = encoders.ENCODERS.get(variant) if isinstance(variant, str) else None
   try:
     old = tuple(int(r) for r in config.data.resolution)
   except (TypeError, ValueError):  # not (H, W) ints: validate() reports it

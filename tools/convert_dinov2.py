@@ -25,7 +25,7 @@ def read_state_dict(path: str, hint: str | None = None) -> dict[str, np.ndarray]
   `hint` says how to obtain the file when it is missing."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"--src {path!r} does not exist.\n"
-                            + (hint or dinov2.CONVERT_HINT.format(variant="vitb14")))
+                            + (hint or dinov2.hint("vitb14")))
   if path.endswith(".safetensors"):
     from safetensors.numpy import load_file
     return load_file(path)
@@ -40,23 +40,36 @@ def read_state_dict(path: str, hint: str | None = None) -> dict[str, np.ndarray]
   return {k: v.float().numpy() for k, v in sd.items()}
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__,
+def run(argv, lib, description: str, source_hint=None) -> int:
+  """The converter command of an encoder family's module `lib` (dinov2, dinov3): --src,
+  --variant, --out; one `error:` line and exit status 1 for a file that cannot be read,
+  converted or written. source_hint(variant) says how to get a missing --src (default: the
+  DINOv2 hint)."""
+  parser = argparse.ArgumentParser(description=description,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--src", required=True, help="official .pth or HuggingFace .safetensors")
-  parser.add_argument("--variant", required=True, choices=sorted(dinov2.VARIANTS))
+  parser.add_argument("--variant", required=True, choices=sorted(lib.VARIANTS))
   parser.add_argument("--out", required=True, help="output .npz params file")
   args = parser.parse_args(argv)
   try:
-    params = dinov2.convert_state_dict(read_state_dict(args.src), args.variant)
+    params = lib.convert_state_dict(
+        read_state_dict(args.src, source_hint and source_hint(args.variant)), args.variant)
   except (KeyError, ValueError, FileNotFoundError, ImportError) as e:
     msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
     print(f"error: cannot convert {args.src!r} as {args.variant}: {msg}", file=sys.stderr)
     return 1
-  dinov2.save_params(args.out, params, args.variant)
+  try:
+    lib.save_params(args.out, params, args.variant)
+  except OSError as e:
+    print(f"error: cannot write {args.out!r}: {e.strerror or e}", file=sys.stderr)
+    return 1
   n = sum(np.asarray(x).size for x in __import__("jax").tree_util.tree_leaves(params))
   print(f"wrote {args.out} ({args.variant}, {n / 1e6:.1f}M parameters)")
   return 0
+
+
+def main(argv=None) -> int:
+  return run(argv, dinov2, __doc__)
 
 
 if __name__ == "__main__":

@@ -13,41 +13,18 @@ the RoPE periods of an official file must be base 100's. Nothing is downloaded.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-
-import numpy as np
 
 if __package__ in (None, ""):  # run as a script: python tools/convert_dinov3.py
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from solv_jax.models import dinov3  # noqa: E402
-from tools.convert_dinov2 import read_state_dict  # noqa: E402
+from tools.convert_dinov2 import run  # noqa: E402
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--src", required=True, help="official .pth or HuggingFace .safetensors")
-  parser.add_argument("--variant", required=True, choices=sorted(dinov3.VARIANTS))
-  parser.add_argument("--out", required=True, help="output .npz params file")
-  args = parser.parse_args(argv)
-  try:
-    params = dinov3.convert_state_dict(
-        read_state_dict(args.src, dinov3.hint(args.variant)), args.variant)
-  except (KeyError, ValueError, FileNotFoundError, ImportError) as e:
-    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-    print(f"error: cannot convert {args.src!r} as {args.variant}: {msg}", file=sys.stderr)
-    return 1
-  try:
-    dinov3.save_params(args.out, params, args.variant)
-  except OSError as e:
-    print(f"error: cannot write {args.out!r}: {e.strerror or e}", file=sys.stderr)
-    return 1
-  n = sum(np.asarray(x).size for x in __import__("jax").tree_util.tree_leaves(params))
-  print(f"wrote {args.out} ({args.variant}, {n / 1e6:.1f}M parameters)")
-  return 0
+  return run(argv, dinov3, __doc__, source_hint=dinov3.hint)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,11 @@ CONVERT_HINT = (
     "  python tools/convert_dinov2.py --src FILE --variant {variant} --out dinov2_{variant}.npz")
 
 
+def hint(variant: str) -> str:
+  """How to obtain and convert a variant's weights."""
+  return CONVERT_HINT.format(variant=variant)
+
+
 def variant_config(variant: str) -> dict:
   """Sizes of a variant name, e.g. 'vitb14' or 'vits14_reg'; a dict passes through."""
   if isinstance(variant, Mapping):
@@ -322,44 +327,17 @@ _HF_PREFIXES = ("dinov2.", "model.", "backbone.", "module.")
 
 def _official_to_flat(sd: Mapping[str, np.ndarray], depth: int, ffn: str) -> dict:
   """Official dinov2 keys -> our flat '/'-joined names (torch Linear weights transposed)."""
-  out = {}
-  used = {"mask_token"}  # unused by the encoder's forward; accepted and dropped
-
-  def take(key, name, fn=lambda a: a):
-    if key not in sd:
-      raise KeyError(f"Checkpoint is missing the key {key!r} (needed for {name}).")
-    used.add(key)
-    out[name] = fn(np.asarray(sd[key]))
-
-  lin = lambda a: a.T
-  take("patch_embed.proj.weight", "patch_embed_kernel", lambda a: a.transpose(2, 3, 1, 0))
-  take("patch_embed.proj.bias", "patch_embed_bias")
-  take("cls_token", "cls_token")
-  take("pos_embed", "pos_embed")
+  keys = weights_file.OfficialKeys(sd, dropped=("mask_token",))  # mask_token: unused
+  keys.take("patch_embed.proj.weight", "patch_embed_kernel", lambda a: a.transpose(2, 3, 1, 0))
+  keys.take("patch_embed.proj.bias", "patch_embed_bias")
+  keys.take("cls_token", "cls_token")
+  keys.take("pos_embed", "pos_embed")
   if "register_tokens" in sd:
-    take("register_tokens", "register_tokens")
-  for i in range(depth):
-    p, q = f"blocks.{i}.", f"blocks_{i}/"
-    for n in ("norm1", "norm2"):
-      take(p + n + ".weight", q + n + "/scale")
-      take(p + n + ".bias", q + n + "/bias")
-    take(p + "attn.qkv.weight", q + "attn/qkv/kernel", lin)
-    take(p + "attn.qkv.bias", q + "attn/qkv/bias")
-    take(p + "attn.proj.weight", q + "attn/proj/kernel", lin)
-    take(p + "attn.proj.bias", q + "attn/proj/bias")
-    take(p + "ls1.gamma", q + "ls1/gamma")
-    take(p + "ls2.gamma", q + "ls2/gamma")
-    names = ("fc1", "fc2") if ffn == "mlp" else ("w12", "w3")
-    for n in names:
-      take(p + f"mlp.{n}.weight", q + f"mlp/{n}/kernel", lin)
-      take(p + f"mlp.{n}.bias", q + f"mlp/{n}/bias")
-  take("norm.weight", "norm/scale")
-  take("norm.bias", "norm/bias")
-  extra = sorted(set(sd) - used)
-  if extra:
-    raise KeyError(f"Checkpoint has {len(extra)} unexpected keys for this variant, e.g. "
-                   f"{extra[:5]}: is it the right --variant (depth {depth}, ffn {ffn})?")
-  return out
+    keys.take("register_tokens", "register_tokens")
+  keys.take_blocks(depth, ffn)
+  keys.take("norm.weight", "norm/scale")
+  keys.take("norm.bias", "norm/bias")
+  return keys.finish(depth, ffn)
 
 
 def _hf_to_official(sd: Mapping[str, np.ndarray]) -> dict:
@@ -437,5 +415,5 @@ def load_params(path: str, expected_variant: str | None = None) -> tuple[str, di
   """Reads a params file written by tools/convert_dinov2.py -> (variant, params)."""
   return weights_file.load(path, family="DINOv2", expected_variant=expected_variant,
                            default_variant="vitb14", shapes=param_shapes,
-                           hint=lambda v: CONVERT_HINT.format(variant=v),
+                           hint=hint,
                            tool="tools/convert_dinov2.py")

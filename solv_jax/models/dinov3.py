@@ -320,18 +320,10 @@ def _fuse_swiglu(sd: dict) -> dict:
 
 def _official_to_flat(sd: Mapping[str, np.ndarray], cfg: dict) -> dict:
   """Official dinov3 keys -> our flat '/'-joined names; every key is used once."""
-  out, used = {}, set()
   d, depth, heads = cfg["embed_dim"], cfg["depth"], cfg["num_heads"]
-
-  def take(key, name, fn=lambda a: a):
-    if key not in sd:
-      raise KeyError(f"Checkpoint is missing the key {key!r} (needed for {name}).")
-    used.add(key)
-    out[name] = fn(np.asarray(sd[key]))
-
-  used.update(k for k in _DROPPED if k in sd)
+  keys = weights_file.OfficialKeys(sd, dropped=_DROPPED)
   if "rope_embed.periods" in sd:  # a buffer of the official model: check it is ours
-    used.add("rope_embed.periods")
+    keys.used.add("rope_embed.periods")
     hd = d // heads
     ours = ROPE_BASE ** (2 * np.arange(hd // 4) / (hd // 2))
     got = np.asarray(sd["rope_embed.periods"], np.float64)
@@ -339,41 +331,24 @@ def _official_to_flat(sd: Mapping[str, np.ndarray], cfg: dict) -> dict:
       raise ValueError(f"Checkpoint's rope_embed.periods {got.shape} are not RoPE base "
                        f"{ROPE_BASE:g} periods for head width {hd}; only base {ROPE_BASE:g} "
                        "(every released DINOv3 ViT) is supported.")
-  lin = lambda a: a.T  # noqa: E731
-  take("patch_embed.proj.weight", "patch_embed_kernel", lambda a: a.transpose(2, 3, 1, 0))
-  take("patch_embed.proj.bias", "patch_embed_bias")
-  take("cls_token", "cls_token", lambda a: a.reshape(1, 1, -1))
+  keys.take("patch_embed.proj.weight", "patch_embed_kernel", lambda a: a.transpose(2, 3, 1, 0))
+  keys.take("patch_embed.proj.bias", "patch_embed_bias")
+  keys.take("cls_token", "cls_token", lambda a: a.reshape(1, 1, -1))
   if cfg["num_registers"]:
-    take("storage_tokens", "storage_tokens")
-  for i in range(depth):
-    p, q = f"blocks.{i}.", f"blocks_{i}/"
-    for n in ("norm1", "norm2"):
-      take(p + n + ".weight", q + n + "/scale")
-      take(p + n + ".bias", q + n + "/bias")
-    take(p + "attn.qkv.weight", q + "attn/qkv/kernel", lin)
-    take(p + "attn.qkv.bias", q + "attn/qkv/bias")
-    bias = out[q + "attn/qkv/bias"]
-    if p + "attn.qkv.bias_mask" in sd:  # the official forward multiplies the bias by it
-      used.add(p + "attn.qkv.bias_mask")
-      bias = out[q + "attn/qkv/bias"] = bias * np.asarray(sd[p + "attn.qkv.bias_mask"],
-                                                          bias.dtype)
+    keys.take("storage_tokens", "storage_tokens")
+  keys.take_blocks(depth, cfg["ffn"])
+  for i in range(depth):  # the official forward multiplies the qkv bias by its bias_mask
+    mask, name = f"blocks.{i}.attn.qkv.bias_mask", f"blocks_{i}/attn/qkv/bias"
+    bias = keys.out[name]
+    if mask in sd:
+      keys.used.add(mask)
+      bias = keys.out[name] = bias * np.asarray(sd[mask], bias.dtype)
     if bias.shape == (3 * d,) and np.any(bias[d:2 * d] != 0):
-      raise ValueError(f"Checkpoint's {p}attn.qkv.bias has a non-zero key bias and no "
+      raise ValueError(f"Checkpoint's blocks.{i}.attn.qkv.bias has a non-zero key bias and no "
                        "bias_mask; DINOv3 (mask_k_bias) and this port have none.")
-    take(p + "attn.proj.weight", q + "attn/proj/kernel", lin)
-    take(p + "attn.proj.bias", q + "attn/proj/bias")
-    take(p + "ls1.gamma", q + "ls1/gamma")
-    take(p + "ls2.gamma", q + "ls2/gamma")
-    for n in ("fc1", "fc2") if cfg["ffn"] == "mlp" else ("w12", "w3"):
-      take(p + f"mlp.{n}.weight", q + f"mlp/{n}/kernel", lin)
-      take(p + f"mlp.{n}.bias", q + f"mlp/{n}/bias")
-  take("norm.weight", "norm/scale")
-  take("norm.bias", "norm/bias")
-  extra = sorted(set(sd) - used)
-  if extra:
-    raise KeyError(f"Checkpoint has {len(extra)} unexpected keys for this variant, e.g. "
-                   f"{extra[:5]}: is it the right --variant (depth {depth}, ffn {cfg['ffn']})?")
-  return out
+  keys.take("norm.weight", "norm/scale")
+  keys.take("norm.bias", "norm/bias")
+  return keys.finish(depth, cfg["ffn"])
 
 
 def convert_state_dict(state_dict: Mapping[str, np.ndarray], variant) -> dict:

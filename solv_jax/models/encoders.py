@@ -94,53 +94,35 @@ def get(variant: Any) -> Encoder:
 
 
 # ----------------------------------------------------------------------------------------------
-# DINOv2 (Oquab et al., 2023), with and without registers: solv_jax/models/dinov2.py.
+# The ViTs: DINOv2 (Oquab et al., 2023; solv_jax/models/dinov2.py), with and without registers,
+# and DINOv3 (Simeoni et al., 2025; solv_jax/models/dinov3.py: patch 16, RoPE, 4 registers).
+# Both modules offer the same calls: variant_config, PATCH_SIZE, the ImageNet mean/std,
+# init_params, load_params, hint.
 # ----------------------------------------------------------------------------------------------
+def _vit_entry(lib, module_cls, family: str, variant, name: str | None) -> Encoder:
+  name = name or variant
+  sizes = lib.variant_config(variant)
+  p = lib.PATCH_SIZE
+  return Encoder(
+      name=name, family=family, patch_size=p, width=sizes["embed_dim"], depth=sizes["depth"],
+      mean=lib.IMAGENET_MEAN, std=lib.IMAGENET_STD, token_drop=True,
+      module=lambda dtype, num_blocks: module_cls(variant, dtype=dtype, num_blocks=num_blocks),
+      init_params=lambda rng: lib.init_params(variant, rng, image_hw=(p, p)),
+      load_params=lambda path: lib.load_params(path, expected_variant=variant)[1],
+      weights_hint=lib.hint(variant) if name in lib.VARIANTS else "")
+
+
 def dinov2_entry(variant, name: str | None = None) -> Encoder:
   """The entry of a DINOv2 variant: a name of dinov2.VARIANTS, or a dict of its sizes."""
-  name = name or variant
-  sizes = dinov2.variant_config(variant)
+  return _vit_entry(dinov2, dinov2.DINOv2, "DINOv2", variant, name)
 
-  def load(path: str) -> dict:
-    return dinov2.load_params(path, expected_variant=variant)[1]
 
-  return Encoder(
-      name=name, family="DINOv2", patch_size=dinov2.PATCH_SIZE, width=sizes["embed_dim"],
-      depth=sizes["depth"],
-      mean=dinov2.IMAGENET_MEAN, std=dinov2.IMAGENET_STD, token_drop=True,
-      module=lambda dtype, num_blocks: dinov2.DINOv2(variant, dtype=dtype,
-                                                     num_blocks=num_blocks),
-      init_params=lambda rng: dinov2.init_params(
-          variant, rng, image_hw=(dinov2.PATCH_SIZE, dinov2.PATCH_SIZE)),
-      load_params=load,
-      weights_hint=dinov2.CONVERT_HINT.format(variant=variant) if name in dinov2.VARIANTS
-      else "")
+def dinov3_entry(variant, name: str | None = None) -> Encoder:
+  """The entry of a DINOv3 variant: a name of dinov3.VARIANTS, or a dict of its sizes."""
+  return _vit_entry(dinov3, dinov3.DINOv3, "DINOv3", variant, name)
 
 
 for _name in dinov2.VARIANTS:
   register(dinov2_entry(_name, _name))
-
-
-# ----------------------------------------------------------------------------------------------
-# DINOv3 (Simeoni et al., 2025): solv_jax/models/dinov3.py. Patch 16, RoPE, 4 registers.
-# ----------------------------------------------------------------------------------------------
-def dinov3_entry(variant, name: str | None = None) -> Encoder:
-  """The entry of a DINOv3 variant: a name of dinov3.VARIANTS, or a dict of its sizes."""
-  name = name or variant
-  sizes = dinov3.variant_config(variant)
-
-  def load(path: str) -> dict:
-    return dinov3.load_params(path, expected_variant=variant)[1]
-
-  return Encoder(
-      name=name, family="DINOv3", patch_size=dinov3.PATCH_SIZE, width=sizes["embed_dim"],
-      depth=sizes["depth"], mean=dinov3.IMAGENET_MEAN, std=dinov3.IMAGENET_STD, token_drop=True,
-      module=lambda dtype, num_blocks: dinov3.DINOv3(variant, dtype=dtype,
-                                                     num_blocks=num_blocks),
-      init_params=lambda rng: dinov3.init_params(variant, rng),
-      load_params=load,
-      weights_hint=dinov3.hint(variant) if name in dinov3.VARIANTS else "")
-
-
 for _name in dinov3.VARIANTS:
   register(dinov3_entry(_name, _name))

@@ -10,6 +10,49 @@ import numpy as np
 from flax import traverse_util
 
 
+class OfficialKeys:
+  """Reads an official-layout ViT state dict (facebookresearch/dinov2 and dinov3 name their
+  blocks alike) into our flat '/'-joined param names, each key used once: `take` names a
+  missing key, `finish` every key left unread."""
+
+  def __init__(self, sd: Mapping[str, np.ndarray], dropped=()):
+    self.sd, self.out = sd, {}
+    self.used = {k for k in dropped if k in sd}  # read and dropped: unused by the forward
+
+  def take(self, key: str, name: str, fn=lambda a: a) -> None:
+    if key not in self.sd:
+      raise KeyError(f"Checkpoint is missing the key {key!r} (needed for {name}).")
+    self.used.add(key)
+    self.out[name] = fn(np.asarray(self.sd[key]))
+
+  def take_blocks(self, depth: int, ffn: str) -> None:
+    """The pre-norm blocks `blocks.N.{norm1, attn.qkv, attn.proj, ls1, norm2, mlp, ls2}`
+    (torch Linear weights transposed); the feed-forward is fc1/fc2 (MLP) or w12/w3 (SwiGLU)."""
+    lin = lambda a: a.T  # noqa: E731
+    for i in range(depth):
+      p, q = f"blocks.{i}.", f"blocks_{i}/"
+      for n in ("norm1", "norm2"):
+        self.take(p + n + ".weight", q + n + "/scale")
+        self.take(p + n + ".bias", q + n + "/bias")
+      self.take(p + "attn.qkv.weight", q + "attn/qkv/kernel", lin)
+      self.take(p + "attn.qkv.bias", q + "attn/qkv/bias")
+      self.take(p + "attn.proj.weight", q + "attn/proj/kernel", lin)
+      self.take(p + "attn.proj.bias", q + "attn/proj/bias")
+      self.take(p + "ls1.gamma", q + "ls1/gamma")
+      self.take(p + "ls2.gamma", q + "ls2/gamma")
+      for n in ("fc1", "fc2") if ffn == "mlp" else ("w12", "w3"):
+        self.take(p + f"mlp.{n}.weight", q + f"mlp/{n}/kernel", lin)
+        self.take(p + f"mlp.{n}.bias", q + f"mlp/{n}/bias")
+
+  def finish(self, depth: int, ffn: str) -> dict:
+    """The flat params; KeyError if any key of the state dict was not read."""
+    extra = sorted(set(self.sd) - self.used)
+    if extra:
+      raise KeyError(f"Checkpoint has {len(extra)} unexpected keys for this variant, e.g. "
+                     f"{extra[:5]}: is it the right --variant (depth {depth}, ffn {ffn})?")
+    return self.out
+
+
 def check_and_unflatten(flat: Mapping[str, np.ndarray], expected: Mapping[str, tuple],
                         variant) -> dict:
   """Flat converted tensors -> nested float32 params, after checking them against the
